@@ -1,0 +1,124 @@
+//! Storage of tenants, jobs, schedules, runs and their events behind the `Store` trait.
+//!
+//! This is the one crate that speaks SQL. It depends on `kairos-domain` only, takes and returns
+//! checked domain types, scopes every tenant-owned read and write by `TenantId` (another
+//! tenant's row is indistinguishable from a missing one, I6), and writes each operation in
+//! one transaction, so a failed call leaves nothing behind (I7).
+
+pub mod error;
+pub mod model;
+pub mod postgres;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kairos_domain::{
+    JobId, JobSpec, PageRequest, RunId, ScheduleId, ScheduleSpec, TenantId, TenantName,
+};
+
+pub use error::StoreError;
+pub use model::*;
+pub use postgres::PgStore;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Channel on which a committed change to a schedule is announced; the payload is the shard.
+/// Postgres delivers NOTIFY only on commit and folds identical ones within a transaction.
+pub const SCHEDULE_CHANGES_CHANNEL: &str = "kairos_schedule_changes";
+/// Channel on which a committed `queued` run (execute now, trigger) is announced; payload: shard.
+pub const RUNS_QUEUED_CHANNEL: &str = "kairos_runs_queued";
+
+/// Everything the API needs from storage. Implementations: [`PgStore`] (SQLite comes with
+/// standalone mode). The conformance suite in [`conformance`] runs against each of them.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Cheap round trip for readiness probes.
+    async fn ping(&self) -> Result<()>;
+
+    // --- tenants and API keys -------------------------------------------------------------
+
+    /// Creates a tenant and its first API key (only the key's hash is stored).
+    async fn create_tenant(&self, name: &TenantName, key: &NewApiKey) -> Result<Tenant>;
+    /// The tenant owning the (unrevoked) key with this SHA-256 hash.
+    async fn tenant_for_key(&self, key_hash: &[u8; 32]) -> Result<Option<TenantId>>;
+
+    // --- jobs -----------------------------------------------------------------------------
+
+    async fn create_job(&self, tenant: TenantId, id: JobId, spec: &JobSpec) -> Result<Job>;
+    /// `NotFound` for a missing, deleted or other tenant's job.
+    async fn get_job(&self, tenant: TenantId, id: JobId) -> Result<Job>;
+    /// Newest-last order (by id, which is time-ordered).
+    async fn list_jobs(&self, tenant: TenantId, page: PageRequest) -> Result<Page<Job>>;
+    /// Replaces the spec if the stored version is still `expected_version` (else `Conflict`);
+    /// bumps the version.
+    async fn update_job(
+        &self,
+        tenant: TenantId,
+        id: JobId,
+        spec: &JobSpec,
+        expected_version: i64,
+    ) -> Result<Job>;
+    /// Deletes the job and its schedules and cancels their not-yet-started runs (reason
+    /// `job_deleted`), in one transaction. Run history stays readable.
+    async fn delete_job(&self, tenant: TenantId, id: JobId) -> Result<()>;
+
+    // --- schedules ------------------------------------------------------------------------
+
+    /// `NotFound` if the job is missing or another tenant's.
+    async fn create_schedule(&self, tenant: TenantId, new: &NewSchedule) -> Result<Schedule>;
+    async fn get_schedule(&self, tenant: TenantId, id: ScheduleId) -> Result<Schedule>;
+    /// All of the tenant's schedules, or those of one job (`NotFound` if that job is not theirs).
+    async fn list_schedules(
+        &self,
+        tenant: TenantId,
+        job: Option<JobId>,
+        page: PageRequest,
+    ) -> Result<Page<Schedule>>;
+    /// Applies an edit, pause or resume: if the stored version is `expected_version`, writes
+    /// the change with version + 1 and, in the same transaction, cancels the schedule's
+    /// `scheduled`/`queued` runs of older versions with `change.cancel_reason` (I4).
+    async fn update_schedule(
+        &self,
+        tenant: TenantId,
+        id: ScheduleId,
+        change: &ScheduleChange,
+        expected_version: i64,
+    ) -> Result<Schedule>;
+    /// Deletes the schedule and cancels its not-yet-started runs (reason `schedule_deleted`).
+    async fn delete_schedule(&self, tenant: TenantId, id: ScheduleId) -> Result<()>;
+
+    // --- runs -----------------------------------------------------------------------------
+
+    /// Inserts one run with its first event. With an idempotency key, a second call with the
+    /// same key for the same job returns the first run and `false`.
+    async fn create_run(
+        &self,
+        tenant: TenantId,
+        new: &NewRun,
+        idempotency_key: Option<&str>,
+    ) -> Result<(Run, bool)>;
+    /// Inserts one `queued` run per fire time of a schedule (trigger `backfill`); fires that
+    /// already have a run of attempt 1 are left alone. Returns the runs created.
+    async fn create_backfill_runs(
+        &self,
+        tenant: TenantId,
+        schedule: &Schedule,
+        fire_times: &[DateTime<Utc>],
+    ) -> Result<Vec<Run>>;
+    async fn get_run(&self, tenant: TenantId, id: RunId) -> Result<Run>;
+    async fn list_runs(&self, tenant: TenantId, filter: &RunFilter, page: PageRequest) -> Result<Page<Run>>;
+    /// `scheduled`/`queued` → `cancelled` at once; `running` → `cancel_requested` (the worker
+    /// kills it and reports `cancelled`); terminal → `FailedPrecondition`.
+    async fn cancel_run(&self, tenant: TenantId, id: RunId) -> Result<Run>;
+    async fn run_logs(&self, tenant: TenantId, id: RunId) -> Result<RunLogs>;
+    /// Every transition of the run, oldest first.
+    async fn run_events(&self, tenant: TenantId, id: RunId) -> Result<Vec<RunEvent>>;
+
+    // --- maintenance ----------------------------------------------------------------------
+
+    /// Creates the monthly partitions of `runs` and `run_events` from `retention_days` ago to
+    /// 13 months after `now`, and drops those wholly older than the retention.
+    async fn maintain_partitions(&self, now: DateTime<Utc>, retention_days: u32) -> Result<PartitionReport>;
+}
