@@ -22,7 +22,8 @@ use crate::FieldError;
 #[derive(Debug, Clone)]
 pub struct CronSpec {
     pattern: String,
-    cron: Cron,
+    // Boxed: croner's parsed pattern is large, and `Cadence` is moved around a lot.
+    cron: Box<Cron>,
 }
 
 impl PartialEq for CronSpec {
@@ -69,7 +70,7 @@ impl CronSpec {
             .map_err(|_| field(format!("'{pattern}' never matches any date")))?;
         Ok(Self {
             pattern: pattern.to_owned(),
-            cron,
+            cron: Box::new(cron),
         })
     }
 

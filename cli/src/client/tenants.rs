@@ -1,0 +1,108 @@
+//! `kairos tenants create`: makes a tenant with the admin token and shows its API key once; it
+//! must never store the key or print the admin token.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use kairos_proto::v1::{CreateTenantRequest, CreateTenantResponse, Tenant};
+use serde_json::json;
+
+use super::{
+    GlobalOpts, OutputFormat,
+    connect::tenant_client,
+    error::CliError,
+    output::{Printer, Record, note, opt_time},
+};
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant and print its API key (shown only this once).
+    Create {
+        /// Display name of the tenant.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// A tenant with the REST API's field names.
+pub fn record(tenant: &Tenant) -> Record {
+    Record::new()
+        .with("id", tenant.id.as_str())
+        .with("name", tenant.name.as_str())
+        .with("created_at", opt_time(tenant.created_at.as_ref()))
+}
+
+/// The REST body of `POST /v1/tenants`: `{"tenant": {...}, "api_key": "..."}`.
+pub fn created_json(answer: &CreateTenantResponse, tenant: &Tenant) -> serde_json::Value {
+    json!({"tenant": record(tenant).to_json(), "api_key": answer.api_key})
+}
+
+pub async fn run(cmd: TenantsCommand, opts: &GlobalOpts, out: Printer) -> anyhow::Result<ExitCode> {
+    let mut client = tenant_client(opts).await?;
+    match cmd {
+        TenantsCommand::Create { name } => {
+            let answer = client
+                .create_tenant(CreateTenantRequest { name })
+                .await?
+                .into_inner();
+            let tenant = answer
+                .tenant
+                .clone()
+                .ok_or_else(|| CliError::new("internal", "the server answered no tenant"))?;
+            match out.format {
+                OutputFormat::Json => out.json(&created_json(&answer, &tenant))?,
+                OutputFormat::Table => {
+                    out.record(&record(&tenant).with("api_key", answer.api_key.as_str()))?;
+                    note("keep the API key now: it is stored hashed and never shown again");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use prost_types::Timestamp;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: TenantsCommand,
+    }
+
+    #[test]
+    fn create_needs_a_name() {
+        assert!(Cli::try_parse_from(["tenants", "create"]).is_err());
+        let Cli {
+            cmd: TenantsCommand::Create { name },
+        } = Cli::try_parse_from(["tenants", "create", "--name", "acme"]).unwrap();
+        assert_eq!(name, "acme");
+    }
+
+    #[test]
+    fn the_created_tenant_prints_in_the_rest_shape() {
+        let tenant = Tenant {
+            id: "ten_1".into(),
+            name: "acme".into(),
+            created_at: Some(Timestamp {
+                seconds: 1_769_850_000,
+                nanos: 0,
+            }),
+        };
+        let answer = CreateTenantResponse {
+            tenant: Some(tenant.clone()),
+            api_key: "k_1".into(),
+        };
+        assert_eq!(
+            created_json(&answer, &tenant),
+            json!({
+                "tenant": {"id": "ten_1", "name": "acme", "created_at": "2026-01-31T09:00:00Z"},
+                "api_key": "k_1"
+            })
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! The server roles of the `kairos` binary (`migrate`, `api`): each parses its settings from
+//! flags and `KAIROS_*` variables, wires the crates together, and runs until a signal.
+//!
+//! This is the only place where the store, the API and (later) the scheduler and worker are put
+//! together; no business logic lives here.
+
+pub mod api;
+pub mod migrate;
+pub mod shutdown;
+pub mod telemetry;
+
+use clap::Args;
+
+/// Settings every server role shares.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseOpts {
+    /// Postgres URL of the store, e.g. postgres://kairos@127.0.0.1:5432/kairos.
+    #[arg(long, env = "KAIROS_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}

@@ -1,0 +1,22 @@
+//! Log setup of the server roles: `tracing` to stderr, JSON when `KAIROS_LOG_FORMAT=json`,
+//! filtered by `RUST_LOG` (default `info`). Must never log secrets: callers pass ids, not values.
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// Installs the global subscriber once; later calls are ignored.
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("KAIROS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if json {
+        registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .try_init()
+    } else {
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()
+    };
+    // Already installed (tests): keep the first.
+    let _ = result;
+}
