@@ -1,0 +1,40 @@
+//! Test harness that runs the real things on loopback (Postgres, etcd, `kairos` processes); never used by production code.
+//!
+//! Every helper here owns what it starts: throwaway servers live in temporary
+//! directories on free `127.0.0.1` ports and are stopped when their owner goes
+//! away. Two environment variables let a test run share servers started once
+//! by `scripts/test` instead of starting its own:
+//!
+//! - `KAIROS_TEST_DATABASE_URL`: an admin URL (`postgres://postgres@127.0.0.1:PORT/postgres`);
+//!   [`database`] creates a fresh, empty database on that server.
+//! - `KAIROS_TEST_ETCD_ENDPOINTS`: comma-separated client URLs; [`etcd`] hands
+//!   them out with a unique key prefix per call.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let db = kairos_testkit::database().await?;
+//! let etcd = kairos_testkit::etcd().await?;
+//! println!("{} {:?} {}", db.url(), etcd.endpoints(), etcd.key_prefix());
+//! # Ok(())
+//! # }
+//! ```
+
+mod etcd;
+mod line_buffer;
+mod ports;
+mod postgres;
+mod postgres_server;
+mod process;
+mod reaper;
+mod shutdown;
+
+pub use etcd::{TestEtcd, etcd};
+pub use ports::free_port;
+pub use postgres::{TestDatabase, database};
+pub use process::KairosProcess;
+
+/// Environment variable naming an admin URL of a Postgres server to create test databases on.
+pub const DATABASE_URL_ENV: &str = "KAIROS_TEST_DATABASE_URL";
+
+/// Environment variable naming comma-separated etcd client URLs shared by all tests.
+pub const ETCD_ENDPOINTS_ENV: &str = "KAIROS_TEST_ETCD_ENDPOINTS";
