@@ -40,7 +40,9 @@ impl StoreError {
             StoreError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             StoreError::Invalid(_) => ErrorCode::InvalidArgument,
             StoreError::Unavailable(_) => ErrorCode::Unavailable,
-            StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Migrate(_) => ErrorCode::Internal,
+            StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Migrate(_) => {
+                ErrorCode::Internal
+            }
         }
     }
 }
@@ -53,10 +55,44 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_) => StoreError::Unavailable(e),
-            sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("08") || c == "57P01") => {
+            sqlx::Error::Database(db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c == "57P01") =>
+            {
                 StoreError::Unavailable(e)
+            }
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(duplicate_message(db.table()))
+            }
+            // A run or event whose fire time has no partition: older than the kept history or
+            // further ahead than maintenance has prepared.
+            sqlx::Error::Database(db)
+                if db.code().as_deref() == Some("23514")
+                    && db.message().starts_with("no partition of relation") =>
+            {
+                StoreError::Invalid(FieldError::new(
+                    "fire_time",
+                    "is outside the stored run history (older than the retention or too far ahead)",
+                ))
             }
             _ => StoreError::Database(e),
         }
+    }
+}
+
+/// Words for a unique violation on `table` (a partition reports its own name, `runs_p202601`).
+fn duplicate_message(table: Option<&str>) -> String {
+    let table = table.unwrap_or("row");
+    let base = match table.rsplit_once("_p") {
+        Some((base, month)) if month.len() == 6 && month.bytes().all(|b| b.is_ascii_digit()) => {
+            base
+        }
+        _ => table,
+    };
+    match base {
+        "runs" => "a run of this schedule for this fire time and attempt already exists".to_owned(),
+        "api_keys" => "an api key with this hash already exists".to_owned(),
+        other => format!("a {other} row with the same id already exists"),
     }
 }

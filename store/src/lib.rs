@@ -14,9 +14,7 @@ pub mod conformance;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use kairos_domain::{
-    JobId, JobSpec, PageRequest, RunId, ScheduleId, ScheduleSpec, TenantId, TenantName,
-};
+use kairos_domain::{JobId, JobSpec, PageRequest, RunId, ScheduleId, TenantId, TenantName};
 
 pub use error::StoreError;
 pub use model::*;
@@ -108,7 +106,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         fire_times: &[DateTime<Utc>],
     ) -> Result<Vec<Run>>;
     async fn get_run(&self, tenant: TenantId, id: RunId) -> Result<Run>;
-    async fn list_runs(&self, tenant: TenantId, filter: &RunFilter, page: PageRequest) -> Result<Page<Run>>;
+    async fn list_runs(
+        &self,
+        tenant: TenantId,
+        filter: &RunFilter,
+        page: PageRequest,
+    ) -> Result<Page<Run>>;
     /// `scheduled`/`queued` → `cancelled` at once; `running` → `cancel_requested` (the worker
     /// kills it and reports `cancelled`); terminal → `FailedPrecondition`.
     async fn cancel_run(&self, tenant: TenantId, id: RunId) -> Result<Run>;
@@ -120,5 +123,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Creates the monthly partitions of `runs` and `run_events` from `retention_days` ago to
     /// 13 months after `now`, and drops those wholly older than the retention.
-    async fn maintain_partitions(&self, now: DateTime<Utc>, retention_days: u32) -> Result<PartitionReport>;
+    async fn maintain_partitions(
+        &self,
+        now: DateTime<Utc>,
+        retention_days: u32,
+    ) -> Result<PartitionReport>;
 }

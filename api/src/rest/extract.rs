@@ -140,7 +140,12 @@ fn field_error(path: &str, message: &str) -> ApiError {
         .strip_prefix("unknown field `")
         .and_then(|m| m.split('`').next())
     {
-        let field = parent.map_or_else(|| unknown.to_owned(), |p| format!("{p}.{unknown}"));
+        // serde_path_to_error's path already ends with the unknown field itself.
+        let field = match parent {
+            Some(p) if p == unknown || p.ends_with(&format!(".{unknown}")) => p.to_owned(),
+            Some(p) => format!("{p}.{unknown}"),
+            None => unknown.to_owned(),
+        };
         return ApiError::invalid(field, "is not a known field");
     }
     match parent {

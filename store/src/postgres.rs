@@ -1,1 +1,0 @@
-//! Postgres implementation of the Store trait (being written).

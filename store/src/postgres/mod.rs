@@ -1,0 +1,201 @@
+//! The Postgres `Store`: a connection pool, migrations, and the trait impl that delegates to
+//! one module per aggregate; it must never hold SQL of its own beyond wiring.
+
+mod events;
+mod jobs;
+mod partitions;
+mod rows;
+mod runs;
+mod schedules;
+mod tenants;
+mod tx;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kairos_domain::{JobId, JobSpec, PageRequest, RunId, ScheduleId, TenantId, TenantName};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::{
+    Job, NewApiKey, NewRun, NewSchedule, Page, PartitionReport, Result, Run, RunEvent, RunFilter,
+    RunLogs, Schedule, ScheduleChange, Store, Tenant,
+};
+
+pub use partitions::DEFAULT_RETENTION_DAYS;
+
+/// Connections a pool opens at most unless told otherwise.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
+/// How long a caller waits for a free connection before the call fails as `Unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Postgres-backed storage. Cheap to clone: clones share the pool.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Opens a pool of at most [`DEFAULT_POOL_SIZE`] connections to `url`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with_pool_size(url, DEFAULT_POOL_SIZE).await
+    }
+
+    /// Opens a pool of at most `max_connections` connections to `url`.
+    pub async fn connect_with_pool_size(url: &str, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies `migrations/` (under sqlx's advisory lock, so concurrent starts are safe), then
+    /// creates the run partitions around now with the default retention.
+    #[tracing::instrument(skip_all)]
+    pub async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("../migrations").run(&self.pool).await?;
+        let report = partitions::maintain(self, Utc::now(), DEFAULT_RETENTION_DAYS).await?;
+        tracing::info!(
+            created = report.created.len(),
+            dropped = report.dropped.len(),
+            "schema migrated"
+        );
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, name: &TenantName, key: &NewApiKey) -> Result<Tenant> {
+        tenants::create(self, name, key).await
+    }
+
+    async fn tenant_for_key(&self, key_hash: &[u8; 32]) -> Result<Option<TenantId>> {
+        tenants::for_key(&self.pool, key_hash).await
+    }
+
+    async fn create_job(&self, tenant: TenantId, id: JobId, spec: &JobSpec) -> Result<Job> {
+        jobs::create(&self.pool, tenant, id, spec).await
+    }
+
+    async fn get_job(&self, tenant: TenantId, id: JobId) -> Result<Job> {
+        jobs::get(&self.pool, tenant, id).await
+    }
+
+    async fn list_jobs(&self, tenant: TenantId, page: PageRequest) -> Result<Page<Job>> {
+        jobs::list(&self.pool, tenant, page).await
+    }
+
+    async fn update_job(
+        &self,
+        tenant: TenantId,
+        id: JobId,
+        spec: &JobSpec,
+        expected_version: i64,
+    ) -> Result<Job> {
+        jobs::update(&self.pool, tenant, id, spec, expected_version).await
+    }
+
+    async fn delete_job(&self, tenant: TenantId, id: JobId) -> Result<()> {
+        jobs::delete(self, tenant, id).await
+    }
+
+    async fn create_schedule(&self, tenant: TenantId, new: &NewSchedule) -> Result<Schedule> {
+        schedules::create(self, tenant, new).await
+    }
+
+    async fn get_schedule(&self, tenant: TenantId, id: ScheduleId) -> Result<Schedule> {
+        schedules::get(&self.pool, tenant, id).await
+    }
+
+    async fn list_schedules(
+        &self,
+        tenant: TenantId,
+        job: Option<JobId>,
+        page: PageRequest,
+    ) -> Result<Page<Schedule>> {
+        schedules::list(&self.pool, tenant, job, page).await
+    }
+
+    async fn update_schedule(
+        &self,
+        tenant: TenantId,
+        id: ScheduleId,
+        change: &ScheduleChange,
+        expected_version: i64,
+    ) -> Result<Schedule> {
+        schedules::update(self, tenant, id, change, expected_version).await
+    }
+
+    async fn delete_schedule(&self, tenant: TenantId, id: ScheduleId) -> Result<()> {
+        schedules::delete(self, tenant, id).await
+    }
+
+    async fn create_run(
+        &self,
+        tenant: TenantId,
+        new: &NewRun,
+        idempotency_key: Option<&str>,
+    ) -> Result<(Run, bool)> {
+        runs::create(self, tenant, new, idempotency_key).await
+    }
+
+    async fn create_backfill_runs(
+        &self,
+        tenant: TenantId,
+        schedule: &Schedule,
+        fire_times: &[DateTime<Utc>],
+    ) -> Result<Vec<Run>> {
+        runs::create_backfill(self, tenant, schedule, fire_times).await
+    }
+
+    async fn get_run(&self, tenant: TenantId, id: RunId) -> Result<Run> {
+        runs::get(&self.pool, tenant, id).await
+    }
+
+    async fn list_runs(
+        &self,
+        tenant: TenantId,
+        filter: &RunFilter,
+        page: PageRequest,
+    ) -> Result<Page<Run>> {
+        runs::list(&self.pool, tenant, filter, page).await
+    }
+
+    async fn cancel_run(&self, tenant: TenantId, id: RunId) -> Result<Run> {
+        runs::cancel(self, tenant, id).await
+    }
+
+    async fn run_logs(&self, tenant: TenantId, id: RunId) -> Result<RunLogs> {
+        runs::logs(&self.pool, tenant, id).await
+    }
+
+    async fn run_events(&self, tenant: TenantId, id: RunId) -> Result<Vec<RunEvent>> {
+        events::list(&self.pool, tenant, id).await
+    }
+
+    async fn maintain_partitions(
+        &self,
+        now: DateTime<Utc>,
+        retention_days: u32,
+    ) -> Result<PartitionReport> {
+        partitions::maintain(self, now, retention_days).await
+    }
+}

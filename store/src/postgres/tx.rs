@@ -1,0 +1,47 @@
+//! The one way to write more than one statement: a transaction that commits explicitly and
+//! rolls back when dropped; it must never commit implicitly or outlive a single `Store` call.
+
+use kairos_domain::ShardId;
+use sqlx::{PgConnection, Postgres, Transaction};
+
+use super::PgStore;
+use crate::Result;
+
+/// An open transaction. Dropping it without [`Tx::commit`] rolls everything back, so an early
+/// `?` return leaves nothing behind (I7).
+#[derive(Debug)]
+pub(crate) struct Tx {
+    inner: Transaction<'static, Postgres>,
+}
+
+impl PgStore {
+    /// Starts a transaction (read committed) on a pooled connection.
+    pub(crate) async fn begin(&self) -> Result<Tx> {
+        Ok(Tx {
+            inner: self.pool.begin().await?,
+        })
+    }
+}
+
+impl Tx {
+    /// The transaction's connection, to run statements on.
+    pub(crate) fn conn(&mut self) -> &mut PgConnection {
+        &mut self.inner
+    }
+
+    /// Queues a NOTIFY on `channel` with the shard as payload. Postgres delivers it only if
+    /// the transaction commits, and folds identical ones within a transaction.
+    pub(crate) async fn notify(&mut self, channel: &str, shard: ShardId) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(channel)
+            .bind(shard.get().to_string())
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn commit(self) -> Result<()> {
+        self.inner.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,266 @@
+//! Runs the `Store` conformance suite against `PgStore`, plus checks only Postgres can answer
+//! (concurrent migrations, NOTIFY, partitions, raw row states); never shares a database
+//! between tests.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kairos_domain::{
+    ApiKeyId, Env, JobDraft, JobId, RunId, RunState, ScheduleDraft, ScheduleId, ShardId, TenantId,
+    TenantName, Trigger,
+};
+use kairos_store::{
+    NewApiKey, NewRun, NewSchedule, PgStore, RUNS_QUEUED_CHANNEL, SCHEDULE_CHANGES_CHANNEL,
+    ScheduleChange, Store, StoreError,
+};
+use kairos_testkit::TestDatabase;
+use sqlx::postgres::PgListener;
+
+/// A fresh, migrated, empty store, and the database it lives in (dropped after the test).
+async fn pg() -> (PgStore, TestDatabase) {
+    let db = kairos_testkit::database().await.expect("a test database");
+    let store = PgStore::connect_with_pool_size(db.url(), 8)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    (store, db)
+}
+
+/// The shared suite (the `conformance` feature is on for this crate's tests, see Cargo.toml).
+mod conformance {
+    kairos_store::store_conformance_suite!(super::pg());
+}
+
+async fn tenant(store: &PgStore) -> TenantId {
+    let key = NewApiKey {
+        id: ApiKeyId::generate(),
+        hash: *uuid::Uuid::new_v4()
+            .as_bytes()
+            .repeat(2)
+            .first_chunk::<32>()
+            .expect("32 bytes"),
+        prefix: "kai_t".into(),
+    };
+    store
+        .create_tenant(&TenantName::parse("t").expect("name"), &key)
+        .await
+        .expect("tenant")
+        .id
+}
+
+async fn job(store: &PgStore, tenant: TenantId) -> JobId {
+    let spec = JobDraft {
+        name: Some("j".into()),
+        image: Some("busybox".into()),
+        ..JobDraft::default()
+    }
+    .parse()
+    .expect("spec");
+    store
+        .create_job(tenant, JobId::generate(), &spec)
+        .await
+        .expect("job")
+        .id
+}
+
+fn manual(job: JobId, fire_time: DateTime<Utc>) -> NewRun {
+    NewRun {
+        id: RunId::generate(),
+        job_id: job,
+        schedule: None,
+        shard: ShardId::of(job.as_uuid()),
+        trigger: Trigger::Manual,
+        attempt: 1,
+        retry_of: None,
+        fire_time,
+        state: RunState::Queued,
+        env: Env::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_migrations_both_succeed() {
+    let db = kairos_testkit::database().await.expect("a test database");
+    let a = PgStore::connect(db.url()).await.expect("connect a");
+    let b = PgStore::connect(db.url()).await.expect("connect b");
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.expect("first migration");
+    rb.expect("second migration");
+    a.migrate().await.expect("migrating again is a no-op");
+
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(a.pool())
+        .await
+        .expect("count migrations");
+    assert_eq!(applied, 1);
+    let month = Utc::now().format("%Y%m").to_string();
+    let partitions: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent IN ('runs'::regclass, 'run_events'::regclass)",
+    )
+    .fetch_all(a.pool())
+    .await
+    .expect("partitions");
+    assert!(
+        partitions.contains(&format!("runs_p{month}")),
+        "{partitions:?}"
+    );
+    assert!(
+        partitions.contains(&format!("run_events_p{month}")),
+        "{partitions:?}"
+    );
+    // A year back, 13 months ahead, for both tables.
+    assert!(partitions.len() >= 2 * 26, "{}", partitions.len());
+    a.ping().await.expect("ping");
+}
+
+#[tokio::test]
+async fn every_shard_has_a_fence_row() {
+    let (store, _db) = pg().await;
+    let (count, min, max): (i64, i16, i16) =
+        sqlx::query_as("SELECT count(*), min(shard), max(shard) FROM shard_fences WHERE token = 0")
+            .fetch_one(store.pool())
+            .await
+            .expect("fences");
+    assert_eq!((count, min, max), (1024, 0, 1023));
+}
+
+#[tokio::test]
+async fn cancelling_a_running_run_only_requests_it() {
+    let (store, _db) = pg().await;
+    let t = tenant(&store).await;
+    let j = job(&store, t).await;
+    let (run, _) = store
+        .create_run(t, &manual(j, Utc::now()), None)
+        .await
+        .expect("run");
+    sqlx::query("UPDATE runs SET state = 'running', started_at = now() WHERE id = $1")
+        .bind(run.id.as_uuid())
+        .execute(store.pool())
+        .await
+        .expect("start the run");
+
+    let requested = store.cancel_run(t, run.id).await.expect("cancel");
+    assert_eq!(requested.state, RunState::Running);
+    assert!(requested.cancel_requested);
+    assert!(requested.finished_at.is_none());
+    let again = store.cancel_run(t, run.id).await.expect("cancel again");
+    assert!(again.cancel_requested);
+    assert_eq!(store.run_events(t, run.id).await.expect("events").len(), 1);
+
+    sqlx::query("UPDATE runs SET state = 'succeeded' WHERE id = $1")
+        .bind(run.id.as_uuid())
+        .execute(store.pool())
+        .await
+        .expect("finish the run");
+    match store.cancel_run(t, run.id).await {
+        Err(StoreError::FailedPrecondition(m)) => assert_eq!(m, "run is already succeeded"),
+        other => panic!("expected a failed precondition, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_row_that_does_not_parse_is_reported_as_corrupt() {
+    let (store, _db) = pg().await;
+    let t = tenant(&store).await;
+    let j = job(&store, t).await;
+    sqlx::query("UPDATE jobs SET image = 'Not An Image!', env = '{\"TOKEN\": 7}' WHERE id = $1")
+        .bind(j.as_uuid())
+        .execute(store.pool())
+        .await
+        .expect("corrupt the row");
+    match store.get_job(t, j).await {
+        Err(StoreError::Corrupt(message)) => assert!(message.contains("image"), "{message}"),
+        other => panic!("expected a corrupt row, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_run_outside_the_kept_history_is_refused_naming_the_fire_time() {
+    let (store, _db) = pg().await;
+    let t = tenant(&store).await;
+    let j = job(&store, t).await;
+    let ancient = DateTime::parse_from_rfc3339("1999-01-01T00:00:00Z")
+        .expect("time")
+        .with_timezone(&Utc);
+    match store.create_run(t, &manual(j, ancient), Some("k")).await {
+        Err(StoreError::Invalid(e)) => assert_eq!(e.field, "fire_time"),
+        other => panic!("expected invalid fire_time, got {other:?}"),
+    }
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        .fetch_one(store.pool())
+        .await
+        .expect("count keys");
+    assert_eq!(keys, 0, "the failed call left nothing behind");
+}
+
+#[tokio::test]
+async fn committed_changes_are_announced_on_their_channels_with_the_shard() {
+    let (store, db) = pg().await;
+    let mut listener = PgListener::connect(db.url()).await.expect("listener");
+    listener
+        .listen_all([SCHEDULE_CHANGES_CHANNEL, RUNS_QUEUED_CHANNEL])
+        .await
+        .expect("listen");
+    let mut next = async || {
+        let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("a notification within 10 s")
+            .expect("receive");
+        (n.channel().to_owned(), n.payload().to_owned())
+    };
+
+    let t = tenant(&store).await;
+    let j = job(&store, t).await;
+    let spec = ScheduleDraft {
+        cron: Some("@hourly".into()),
+        ..ScheduleDraft::default()
+    }
+    .parse(Utc::now())
+    .expect("schedule spec");
+    let new = NewSchedule {
+        id: ScheduleId::generate(),
+        job_id: j,
+        spec: spec.clone(),
+        paused: false,
+        pause_note: None,
+        next_fire_at: spec.next_fire_after(Utc::now()),
+    };
+    let shard = ShardId::of(new.id.as_uuid()).get().to_string();
+    let s = store.create_schedule(t, &new).await.expect("schedule");
+    assert_eq!(
+        next().await,
+        (SCHEDULE_CHANGES_CHANNEL.to_owned(), shard.clone())
+    );
+
+    let run = manual(j, Utc::now());
+    let run_shard = run.shard.get().to_string();
+    store.create_run(t, &run, None).await.expect("run");
+    assert_eq!(next().await, (RUNS_QUEUED_CHANNEL.to_owned(), run_shard));
+
+    let change = ScheduleChange {
+        spec,
+        paused: true,
+        pause_note: None,
+        next_fire_at: None,
+        cancel_reason: kairos_domain::run::cancel_reason::SCHEDULE_PAUSED,
+    };
+    store
+        .update_schedule(t, s.id, &change, s.version)
+        .await
+        .expect("pause");
+    assert_eq!(
+        next().await,
+        (SCHEDULE_CHANGES_CHANNEL.to_owned(), shard.clone())
+    );
+    store.delete_schedule(t, s.id).await.expect("delete");
+    assert_eq!(next().await, (SCHEDULE_CHANGES_CHANNEL.to_owned(), shard));
+
+    // A refused change announces nothing.
+    assert!(store.delete_schedule(t, s.id).await.is_err());
+    let quiet = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(
+        quiet.is_err(),
+        "no notification for a failed write: {quiet:?}"
+    );
+}
