@@ -23,7 +23,7 @@ async fn setup(app: &App, key: &str) -> Owned {
     Owned {
         job,
         schedule,
-        run: run["id"].as_str().unwrap().to_owned(),
+        run: run["id"].as_str().expect("run id").to_owned(),
     }
 }
 
