@@ -2,6 +2,9 @@
 //! with the same codes as REST, names the bad field in metadata, isolates tenants, and
 //! `WatchRun` streams a run's transitions until it ends.
 
+// Test harness code may panic on anything unexpected: that is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::{sync::Arc, time::Duration};
 
 use kairos_api::{Service, clock::SystemClock, config::Secret, grpc, metrics::Metrics};

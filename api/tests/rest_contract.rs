@@ -2,6 +2,9 @@
 //! jobs, schedules with time zones, execute-now idempotency, runs, pagination, OpenAPI,
 //! health and metrics.
 
+// Test harness code may panic on anything unexpected: that is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use axum::http::{Method, StatusCode};

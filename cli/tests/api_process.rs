@@ -2,6 +2,9 @@
 //! configured only by the operator contract's `KAIROS_*` variables, a real Postgres, REST over
 //! a socket and the `kairos` CLI over gRPC; then kill -9 and a restart lose nothing accepted.
 
+// Test harness code may panic on anything unexpected: that is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::{path::Path, process::Output, time::Duration};
 
 use kairos_testkit::{KairosProcess, database, free_port};
