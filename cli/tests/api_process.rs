@@ -50,8 +50,9 @@ async fn start_api(db_url: &str) -> Api {
 /// Runs the CLI against the API's gRPC port with `--output json`.
 fn cli(api: &Api, key: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = std::process::Command::new(BIN);
-    cmd.args(args)
-        .args(["--output", "json", "--endpoint", &api.grpc])
+    // Global flags first: a trailing `-- <command…>` would swallow them.
+    cmd.args(["--output", "json", "--endpoint", &api.grpc])
+        .args(args)
         .env_remove("KAIROS_API_KEY");
     match key {
         Some(k) => cmd.env("KAIROS_API_KEY", k),
