@@ -27,6 +27,10 @@ enum Command {
     Migrate(roles::migrate::MigrateArgs),
     /// Run the REST and gRPC API (migrates first unless --no-migrate).
     Api(roles::api::ApiArgs),
+    /// Run a scheduler node: claim shards in etcd, fire their schedules, dispatch to workers.
+    Scheduler(roles::scheduler::SchedulerArgs),
+    /// Run a worker agent: pull due runs from the schedulers and run them.
+    Worker(roles::worker::WorkerArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -45,6 +49,16 @@ async fn main() -> ExitCode {
             roles::api::run(args, cli.client.admin_token.clone())
                 .await
                 .map(|()| ExitCode::SUCCESS)
+        }
+        Command::Scheduler(args) => {
+            roles::telemetry::init();
+            roles::scheduler::run(args)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
+        Command::Worker(args) => {
+            roles::telemetry::init();
+            roles::worker::run(args).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Client(cmd) => client::run_client(cmd, &cli.client).await,
     };

@@ -97,6 +97,7 @@ mod tests {
                     timeout_seconds: 60,
                     fire_time: ts(1_767_225_600),
                     attempt: 1,
+                    shard: 7,
                 },
             )),
         };

@@ -99,7 +99,7 @@ macro_rules! store_conformance_suite {
 // --- fixtures ---------------------------------------------------------------------------------
 
 /// Now, to the whole second (storage keeps microseconds; whole seconds compare exactly).
-fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     Utc::now()
         .duration_trunc(Duration::seconds(1))
         .expect("truncating now to seconds")
@@ -112,7 +112,7 @@ fn random_hash() -> [u8; 32] {
     hash
 }
 
-async fn tenant<S: Store>(store: &S) -> TenantId {
+pub(crate) async fn tenant<S: Store>(store: &S) -> TenantId {
     let key = NewApiKey {
         id: ApiKeyId::generate(),
         hash: random_hash(),
@@ -126,7 +126,7 @@ async fn tenant<S: Store>(store: &S) -> TenantId {
         .id
 }
 
-fn job_spec(name: &str) -> JobSpec {
+pub(crate) fn job_spec(name: &str) -> JobSpec {
     JobDraft {
         name: Some(name.into()),
         image: Some("registry.example.com/team/app:1.2".into()),
@@ -141,14 +141,14 @@ fn job_spec(name: &str) -> JobSpec {
     .expect("job spec")
 }
 
-async fn job<S: Store>(store: &S, tenant: TenantId) -> Job {
+pub(crate) async fn job<S: Store>(store: &S, tenant: TenantId) -> Job {
     store
         .create_job(tenant, JobId::generate(), &job_spec("nightly"))
         .await
         .expect("create job")
 }
 
-fn cron_spec(pattern: &str) -> ScheduleSpec {
+pub(crate) fn cron_spec(pattern: &str) -> ScheduleSpec {
     ScheduleDraft {
         cron: Some(pattern.into()),
         timezone: Some("Europe/Paris".into()),
@@ -179,7 +179,7 @@ async fn schedule<S: Store>(store: &S, tenant: TenantId, job: JobId) -> Schedule
 }
 
 /// An execute-now run of `job`, queued at `fire_time`.
-fn manual_run(job: JobId, fire_time: DateTime<Utc>) -> NewRun {
+pub(crate) fn manual_run(job: JobId, fire_time: DateTime<Utc>) -> NewRun {
     NewRun {
         id: RunId::generate(),
         job_id: job,
@@ -219,7 +219,7 @@ async fn create_run<S: Store>(store: &S, tenant: TenantId, new: &NewRun) -> Run 
     run
 }
 
-fn change(spec: ScheduleSpec, paused: bool, reason: &'static str) -> ScheduleChange {
+pub(crate) fn change(spec: ScheduleSpec, paused: bool, reason: &'static str) -> ScheduleChange {
     ScheduleChange {
         next_fire_at: if paused {
             None
@@ -233,7 +233,7 @@ fn change(spec: ScheduleSpec, paused: bool, reason: &'static str) -> ScheduleCha
     }
 }
 
-fn page(size: u32, after: Option<&str>) -> PageRequest {
+pub(crate) fn page(size: u32, after: Option<&str>) -> PageRequest {
     PageRequest {
         size,
         after: after.map(|t| PageToken::decode(t).expect("a valid page token")),
@@ -266,14 +266,14 @@ where
 }
 
 #[track_caller]
-fn assert_not_found<T: std::fmt::Debug>(result: crate::Result<T>, what: &str) {
+pub(crate) fn assert_not_found<T: std::fmt::Debug>(result: crate::Result<T>, what: &str) {
     match result {
         Err(StoreError::NotFound(w)) => assert_eq!(w, what),
         other => panic!("expected {what} not found, got {other:?}"),
     }
 }
 
-async fn events_of<S: Store>(
+pub(crate) async fn events_of<S: Store>(
     store: &S,
     tenant: TenantId,
     run: RunId,

@@ -2,7 +2,7 @@
 //!
 //! Database driver errors are classified here once; callers never inspect SQLSTATE codes.
 
-use kairos_domain::{ErrorCode, FieldError};
+use kairos_domain::{ErrorCode, FieldError, ShardId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -15,6 +15,10 @@ pub enum StoreError {
     /// The operation does not apply to the resource's current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A shard write carried a fence token a newer claim superseded, or a claim was not newer
+    /// than the shard's current token: the caller does not own the shard (I1, I8).
+    #[error("shard {} is fenced: token {token} is not the current one", .shard.get())]
+    Fenced { shard: ShardId, token: i64 },
     /// A value was refused by storage rules not expressible in the domain types.
     #[error(transparent)]
     Invalid(#[from] FieldError),
@@ -37,7 +41,9 @@ impl StoreError {
         match self {
             StoreError::NotFound(_) => ErrorCode::NotFound,
             StoreError::Conflict(_) => ErrorCode::AlreadyExists,
-            StoreError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            StoreError::FailedPrecondition(_) | StoreError::Fenced { .. } => {
+                ErrorCode::FailedPrecondition
+            }
             StoreError::Invalid(_) => ErrorCode::InvalidArgument,
             StoreError::Unavailable(_) => ErrorCode::Unavailable,
             StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Migrate(_) => {

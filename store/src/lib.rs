@@ -8,9 +8,12 @@
 pub mod error;
 pub mod model;
 pub mod postgres;
+pub mod scheduling;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod conformance_scheduling;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -19,6 +22,7 @@ use kairos_domain::{JobId, JobSpec, PageRequest, RunId, ScheduleId, TenantId, Te
 pub use error::StoreError;
 pub use model::*;
 pub use postgres::PgStore;
+pub use scheduling::*;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

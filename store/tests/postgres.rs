@@ -10,8 +10,8 @@ use kairos_domain::{
     TenantName, Trigger,
 };
 use kairos_store::{
-    NewApiKey, NewRun, NewSchedule, PgStore, RUNS_QUEUED_CHANNEL, SCHEDULE_CHANGES_CHANNEL,
-    ScheduleChange, Store, StoreError,
+    FireState, Materialize, NewApiKey, NewRun, NewSchedule, PgStore, RUNS_QUEUED_CHANNEL,
+    SCHEDULE_CHANGES_CHANNEL, Schedule, ScheduleChange, SchedulerStore, Store, StoreError,
 };
 use kairos_testkit::TestDatabase;
 use sqlx::postgres::PgListener;
@@ -29,6 +29,11 @@ async fn pg() -> (PgStore, TestDatabase) {
 /// The shared suite (the `conformance` feature is on for this crate's tests, see Cargo.toml).
 mod conformance {
     kairos_store::store_conformance_suite!(super::pg());
+}
+
+/// The `SchedulerStore` suite, on the same fixture.
+mod scheduler_conformance {
+    kairos_store::scheduler_store_conformance_suite!(super::pg());
 }
 
 async fn tenant(store: &PgStore) -> TenantId {
@@ -263,4 +268,197 @@ async fn committed_changes_are_announced_on_their_channels_with_the_shard() {
         quiet.is_err(),
         "no notification for a failed write: {quiet:?}"
     );
+}
+
+/// An hourly schedule of `job`, due at its next hour.
+async fn hourly(store: &PgStore, tenant: TenantId, job: JobId) -> Schedule {
+    let spec = ScheduleDraft {
+        cron: Some("@hourly".into()),
+        ..ScheduleDraft::default()
+    }
+    .parse(Utc::now())
+    .expect("schedule spec");
+    let new = NewSchedule {
+        id: ScheduleId::generate(),
+        job_id: job,
+        next_fire_at: spec.next_fire_after(Utc::now()),
+        spec,
+        paused: false,
+        pause_note: None,
+    };
+    store.create_schedule(tenant, &new).await.expect("schedule")
+}
+
+fn next_fire(s: &Schedule) -> Materialize {
+    let at = s.next_fire_at.expect("a next fire");
+    Materialize {
+        schedule_id: s.id,
+        schedule_version: s.version,
+        fire_time: at,
+        state: FireState::Scheduled,
+        next_fire_at: s.spec.next_fire_after(at),
+    }
+}
+
+fn shard_column(s: &Schedule) -> i16 {
+    i16::try_from(s.shard.get()).expect("shards fit a smallint")
+}
+
+async fn count_runs(store: &PgStore) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM runs")
+        .fetch_one(store.pool())
+        .await
+        .expect("count runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waiting_on_a_claim_in_flight_fails_once_the_claim_commits() {
+    let (store, _db) = pg().await;
+    let t = tenant(&store).await;
+    let j = job(&store, t).await;
+    let s = hourly(&store, t, j).await;
+    let lease = store
+        .claim_shard(s.shard, 1, "node-a")
+        .await
+        .expect("claim");
+
+    // Another node's claim, caught between locking the fence row and committing.
+    let mut claim = store.pool().begin().await.expect("begin");
+    sqlx::query("SELECT token FROM shard_fences WHERE shard = $1 FOR UPDATE")
+        .bind(shard_column(&s))
+        .execute(&mut *claim)
+        .await
+        .expect("lock the fence");
+    let write = tokio::spawn({
+        let (store, lease, fire) = (store.clone(), lease.clone(), next_fire(&s));
+        async move { store.materialize(&lease, &[fire]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!write.is_finished(), "the write waits for the claim");
+    sqlx::query("UPDATE shard_fences SET token = 2, owner = 'node-b' WHERE shard = $1")
+        .bind(shard_column(&s))
+        .execute(&mut *claim)
+        .await
+        .expect("take the shard");
+    claim.commit().await.expect("commit the claim");
+
+    let result = write.await.expect("join");
+    assert!(
+        matches!(result, Err(StoreError::Fenced { token: 1, .. })),
+        "{result:?}"
+    );
+    assert_eq!(
+        count_runs(&store).await,
+        0,
+        "the fenced write wrote nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_waits_for_the_fenced_writes_in_flight() {
+    let (store, _db) = pg().await;
+    let t = tenant(&store).await;
+    let j = job(&store, t).await;
+    let s = hourly(&store, t, j).await;
+    store
+        .claim_shard(s.shard, 1, "node-a")
+        .await
+        .expect("claim");
+
+    // A fenced write of the current holder, caught after its fence check.
+    let mut write = store.pool().begin().await.expect("begin");
+    sqlx::query("SELECT token FROM shard_fences WHERE shard = $1 FOR SHARE")
+        .bind(shard_column(&s))
+        .execute(&mut *write)
+        .await
+        .expect("check the fence");
+    let claim = tokio::spawn({
+        let (store, shard) = (store.clone(), s.shard);
+        async move { store.claim_shard(shard, 2, "node-b").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!claim.is_finished(), "the claim waits for the write");
+    write.commit().await.expect("commit the write");
+    let lease = claim
+        .await
+        .expect("join")
+        .expect("the claim succeeds after");
+    assert_eq!(lease.token(), 2);
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT owner FROM shard_fences WHERE shard = $1")
+            .bind(shard_column(&s))
+            .fetch_one(store.pool())
+            .await
+            .expect("owner");
+    assert_eq!(owner.as_deref(), Some("node-b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_refuses_a_run_whose_schedule_moved_on_even_if_nothing_cancelled_it() {
+    let (store, _db) = pg().await;
+    let t = tenant(&store).await;
+    let j = job(&store, t).await;
+    let s = hourly(&store, t, j).await;
+    let lease = store
+        .claim_shard(s.shard, 1, "node-a")
+        .await
+        .expect("claim");
+    let runs = store
+        .materialize(&lease, &[next_fire(&s)])
+        .await
+        .expect("materialize");
+    store
+        .queue_runs(&lease, &[runs[0].id])
+        .await
+        .expect("queue");
+    // A version bump that (unlike the API's) cancelled nothing: the ack itself guards I4.
+    sqlx::query("UPDATE schedules SET version = version + 1 WHERE id = $1")
+        .bind(s.id.as_uuid())
+        .execute(store.pool())
+        .await
+        .expect("bump the version");
+
+    let ack = store
+        .ack_run(&lease, runs[0].id, "worker-1")
+        .await
+        .expect("ack");
+    assert!(ack.is_none(), "{ack:?}");
+    let run = store.get_run(t, runs[0].id).await.expect("run");
+    assert_eq!(run.state, RunState::Queued);
+    assert_eq!(store.run_events(t, run.id).await.expect("events").len(), 2);
+}
+
+#[tokio::test]
+async fn nul_bytes_in_a_log_tail_are_stored_replaced() {
+    let (store, _db) = pg().await;
+    let t = tenant(&store).await;
+    let j = job(&store, t).await;
+    let s = hourly(&store, t, j).await;
+    let lease = store
+        .claim_shard(s.shard, 1, "node-a")
+        .await
+        .expect("claim");
+    let id = store
+        .materialize(&lease, &[next_fire(&s)])
+        .await
+        .expect("materialize")[0]
+        .id;
+    store.queue_runs(&lease, &[id]).await.expect("queue");
+    store
+        .ack_run(&lease, id, "worker-1")
+        .await
+        .expect("ack")
+        .expect("queued");
+    let outcome = kairos_store::RunOutcome {
+        state: kairos_store::TerminalState::Succeeded,
+        exit_code: Some(0),
+        log_tail: "binary\0output".into(),
+        log_truncated: false,
+    };
+    store
+        .finish_run(&lease, id, &outcome)
+        .await
+        .expect("finish");
+    let logs = store.run_logs(t, id).await.expect("logs");
+    assert_eq!(logs.content, "binary\u{fffd}output");
 }

@@ -6,8 +6,10 @@
 
 pub mod api;
 pub mod migrate;
+pub mod scheduler;
 pub mod shutdown;
 pub mod telemetry;
+pub mod worker;
 
 use clap::Args;
 

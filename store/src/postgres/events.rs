@@ -1,5 +1,5 @@
-//! The run_events table: the one function that records transitions (I3) and the read of a
-//! run's history; it must never record a transition outside the transaction that makes it.
+//! The run_events table: the one writer of transitions (I3) and the read of a run's
+//! history; it must never record a transition outside the transaction that makes it.
 
 use chrono::{DateTime, Utc};
 use kairos_domain::{RunId, RunState, TenantId};
@@ -22,22 +22,42 @@ pub(super) struct Transition {
 }
 
 /// Writes one `run_events` row per transition, in slice order, inside `tx`. Every state change
-/// of any module goes through here, in the transaction that changes the state.
+/// of any module goes through here (or [`record_across_tenants`]), in the transaction that
+/// changes the state.
 pub(super) async fn record(
     tx: &mut Tx,
     tenant: TenantId,
     transitions: &[Transition],
 ) -> Result<()> {
-    if transitions.is_empty() {
+    write(tx, transitions.iter().map(|t| (tenant, t))).await
+}
+
+/// Like [`record`], for a batch whose runs belong to several tenants (the scheduler's
+/// batches, which span a shard).
+pub(super) async fn record_across_tenants(
+    tx: &mut Tx,
+    transitions: &[(TenantId, Transition)],
+) -> Result<()> {
+    write(tx, transitions.iter().map(|(tenant, t)| (*tenant, t))).await
+}
+
+async fn write<'a>(
+    tx: &mut Tx,
+    transitions: impl ExactSizeIterator<Item = (TenantId, &'a Transition)>,
+) -> Result<()> {
+    let n = transitions.len();
+    if n == 0 {
         return Ok(());
     }
-    let mut run_ids = Vec::with_capacity(transitions.len());
-    let mut fire_times = Vec::with_capacity(transitions.len());
-    let mut froms = Vec::with_capacity(transitions.len());
-    let mut tos = Vec::with_capacity(transitions.len());
-    let mut reasons = Vec::with_capacity(transitions.len());
-    for t in transitions {
+    let mut run_ids = Vec::with_capacity(n);
+    let mut tenants = Vec::with_capacity(n);
+    let mut fire_times = Vec::with_capacity(n);
+    let mut froms = Vec::with_capacity(n);
+    let mut tos = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    for (tenant, t) in transitions {
         run_ids.push(t.run_id);
+        tenants.push(tenant.as_uuid());
         fire_times.push(t.fire_time);
         froms.push(t.from.map(RunState::as_str));
         tos.push(t.to.as_str());
@@ -46,13 +66,14 @@ pub(super) async fn record(
     // WITH ORDINALITY + ORDER BY keeps the identity values in slice order.
     sqlx::query(
         "INSERT INTO run_events (run_id, tenant_id, fire_time, from_state, to_state, reason)
-         SELECT e.run_id, $1, e.fire_time, e.from_state, e.to_state, e.reason
-         FROM UNNEST($2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])
-              WITH ORDINALITY AS e(run_id, fire_time, from_state, to_state, reason, n)
+         SELECT e.run_id, e.tenant_id, e.fire_time, e.from_state, e.to_state, e.reason
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[],
+                     $6::text[])
+              WITH ORDINALITY AS e(run_id, tenant_id, fire_time, from_state, to_state, reason, n)
          ORDER BY e.n",
     )
-    .bind(tenant.as_uuid())
     .bind(&run_ids)
+    .bind(&tenants)
     .bind(&fire_times)
     .bind(&froms)
     .bind(&tos)

@@ -1,9 +1,15 @@
-//! The Postgres `Store`: a connection pool, migrations, and the trait impl that delegates to
-//! one module per aggregate; it must never hold SQL of its own beyond wiring.
+//! The Postgres `Store` and `SchedulerStore`: a connection pool, migrations, and the trait
+//! impls that delegate to one module per aggregate; it must never hold SQL of its own beyond
+//! wiring.
 
+mod dispatch;
 mod events;
+mod fencing;
 mod jobs;
+mod listen;
+mod offers;
 mod partitions;
+mod planning;
 mod rows;
 mod runs;
 mod schedules;
@@ -14,13 +20,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use kairos_domain::{JobId, JobSpec, PageRequest, RunId, ScheduleId, TenantId, TenantName};
+use kairos_domain::{
+    JobId, JobSpec, PageRequest, RunId, ScheduleId, ShardId, SkipReason, TenantId, TenantName,
+};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::{
-    Job, NewApiKey, NewRun, NewSchedule, Page, PartitionReport, Result, Run, RunEvent, RunFilter,
-    RunLogs, Schedule, ScheduleChange, Store, Tenant,
+    Assignment, DueSchedule, FinishedRun, Job, Materialize, MaterializedRun, NewApiKey, NewRun,
+    NewSchedule, Offer, Page, PartitionReport, PendingRun, Result, Run, RunEvent, RunFilter,
+    RunLogs, RunOutcome, Schedule, ScheduleChange, SchedulerStore, ShardChange, ShardLease, Store,
+    Tenant,
 };
 
 pub use partitions::DEFAULT_RETENTION_DAYS;
@@ -197,5 +207,101 @@ impl Store for PgStore {
         retention_days: u32,
     ) -> Result<PartitionReport> {
         partitions::maintain(self, now, retention_days).await
+    }
+}
+
+#[async_trait]
+impl SchedulerStore for PgStore {
+    async fn due_schedules_across(
+        &self,
+        shards: &[ShardId],
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(ShardId, DueSchedule)>> {
+        planning::due_schedules_across(self, shards, until, limit).await
+    }
+
+    async fn queued_runs_across(
+        &self,
+        shards: &[ShardId],
+        limit: u32,
+    ) -> Result<Vec<(ShardId, RunId)>> {
+        planning::queued_runs_across(self, shards, limit).await
+    }
+
+    async fn run_offers(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<Offer>> {
+        offers::run_offers(self, lease, run_ids).await
+    }
+
+    async fn follow_changes(
+        &self,
+        changes: tokio::sync::mpsc::Sender<ShardChange>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<()> {
+        listen::follow_changes(self, changes, stop).await
+    }
+
+    async fn claim_shard(&self, shard: ShardId, token: i64, owner: &str) -> Result<ShardLease> {
+        fencing::claim(self, shard, token, owner).await
+    }
+
+    async fn due_schedules(
+        &self,
+        lease: &ShardLease,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueSchedule>> {
+        planning::due_schedules(self, lease, until, limit).await
+    }
+
+    async fn materialize(
+        &self,
+        lease: &ShardLease,
+        fires: &[Materialize],
+    ) -> Result<Vec<MaterializedRun>> {
+        planning::materialize(self, lease, fires).await
+    }
+
+    async fn shard_pending_runs(&self, lease: &ShardLease) -> Result<Vec<PendingRun>> {
+        dispatch::shard_pending_runs(self, lease).await
+    }
+
+    async fn queue_runs(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<RunId>> {
+        dispatch::queue_runs(self, lease, run_ids).await
+    }
+
+    async fn skip_runs(
+        &self,
+        lease: &ShardLease,
+        run_ids: &[RunId],
+        reason: SkipReason,
+    ) -> Result<Vec<RunId>> {
+        dispatch::skip_runs(self, lease, run_ids, reason).await
+    }
+
+    async fn ack_run(
+        &self,
+        lease: &ShardLease,
+        run_id: RunId,
+        worker_id: &str,
+    ) -> Result<Option<Assignment>> {
+        dispatch::ack_run(self, lease, run_id, worker_id).await
+    }
+
+    async fn finish_run(
+        &self,
+        lease: &ShardLease,
+        run_id: RunId,
+        outcome: &RunOutcome,
+    ) -> Result<FinishedRun> {
+        dispatch::finish_run(self, lease, run_id, outcome).await
+    }
+
+    async fn fail_lost_runs(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<RunId>> {
+        dispatch::fail_lost_runs(self, lease, run_ids).await
+    }
+
+    async fn queued_runs(&self, lease: &ShardLease, limit: u32) -> Result<Vec<PendingRun>> {
+        dispatch::queued_runs(self, lease, limit).await
     }
 }

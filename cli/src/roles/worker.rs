@@ -1,0 +1,87 @@
+//! `kairos worker`: the worker agent role. Finds schedulers in etcd, runs what they assign,
+//! and drains on SIGTERM. Configured by `KAIROS_ETCD_ENDPOINTS`, `KAIROS_WORKER_ID`,
+//! `KAIROS_WORKER_SLOTS`, `KAIROS_RUNTIME` and `KAIROS_WORKER_TOKEN`.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use kairos_worker::{WorkerConfig, config::RuntimeKind};
+
+use super::shutdown;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeArg {
+    /// Docker containers with hard limits (the default; arrives with the worker issue).
+    Docker,
+    /// Runs the job's command directly on this host: trusted installs and benchmarks only.
+    Process,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// etcd endpoints where schedulers register (comma-separated URLs).
+    #[arg(
+        long,
+        env = "KAIROS_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of the cluster in etcd.
+    #[arg(long, env = "KAIROS_ETCD_PREFIX", default_value = "/kairos/v1/")]
+    pub etcd_prefix: String,
+    /// This worker's id (default: hostname and a random suffix).
+    #[arg(long, env = "KAIROS_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Runs executed at once.
+    #[arg(long, env = "KAIROS_WORKER_SLOTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub slots: u32,
+    /// How runs are started.
+    #[arg(long, env = "KAIROS_RUNTIME", value_enum, default_value = "docker")]
+    pub runtime: RuntimeArg,
+    /// Shared secret between workers and schedulers.
+    #[arg(long, env = "KAIROS_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: String,
+    /// Seconds running runs get to finish after SIGTERM before they are abandoned.
+    #[arg(long, env = "KAIROS_DRAIN_GRACE_SECONDS", default_value_t = 30)]
+    pub drain_grace_seconds: u64,
+}
+
+/// A default id: the hostname plus a random suffix, so restarts on one host do not collide.
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "kairos".to_owned()
+    } else {
+        host
+    };
+    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let runtime = match args.runtime {
+        RuntimeArg::Process => RuntimeKind::Process,
+        RuntimeArg::Docker => bail!(
+            "the docker runtime is not available in this build yet; start the worker with KAIROS_RUNTIME=process (trusted commands only)"
+        ),
+    };
+    if args.worker_token.is_empty() {
+        bail!("KAIROS_WORKER_TOKEN must not be empty");
+    }
+    let config = WorkerConfig {
+        etcd_endpoints: args.etcd_endpoints,
+        etcd_prefix: args.etcd_prefix,
+        worker_id: args.worker_id.unwrap_or_else(default_node_id),
+        slots: args.slots,
+        runtime,
+        token: args.worker_token,
+        heartbeat_every: Duration::from_secs(2),
+        drain_grace: Duration::from_secs(args.drain_grace_seconds),
+    };
+    let shutdown = shutdown::on_signal().context("cannot install signal handlers")?;
+    kairos_worker::run(config, shutdown).await;
+    Ok(())
+}

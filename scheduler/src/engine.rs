@@ -1,0 +1,486 @@
+//! The firing engine: one task owns the timing wheel and the set of owned shards. It reacts to
+//! ownership changes (start or stop a shard's planner), to planned runs (arm their timers),
+//! and to due timers (move runs to `queued` and hand them to the dispatcher).
+//!
+//! It sleeps until the next occupied slot of the wheel, not on a fixed tick. It never fires a
+//! shard it does not own, and never fires at all while the lease is not valid (I8).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use kairos_domain::{RunId, RunState, ShardId};
+use kairos_store::{Materialize, SchedulerStore, ShardLease};
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    coordinator::{Coordinator, OwnershipEvent},
+    dispatch::Dispatcher,
+    metrics::Metrics,
+    planner::{MAX_FIRES_PER_ROUND, plan_fires},
+    wheel::{TimerHandle, TimingWheel},
+};
+
+/// Settings of planning and firing.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub node_id: String,
+    /// Fires due within this horizon are materialized and kept in memory.
+    pub horizon: Duration,
+    /// Each owned shard is re-planned at least this often (the safety net behind NOTIFY).
+    pub rescan_every: Duration,
+}
+
+/// What the claim tasks and the planner tell the engine.
+#[derive(Debug)]
+pub enum EngineInput {
+    /// A shard's fence was taken in the store: it may be fired from now on.
+    Claimed(ShardLease),
+    /// Taking a shard's fence failed; `fenced` when a newer claim already holds it.
+    ClaimFailed {
+        shard: ShardId,
+        token: i64,
+        fenced: bool,
+    },
+    /// Runs of a shard to fire at their fire time.
+    Planned {
+        shard: ShardId,
+        runs: Vec<(RunId, DateTime<Utc>)>,
+    },
+}
+
+struct Owned {
+    lease: ShardLease,
+    timers: HashMap<RunId, TimerHandle>,
+}
+
+/// Converts between wall-clock fire times and the wheel's milliseconds.
+#[derive(Clone, Copy)]
+struct Clock {
+    epoch_utc: DateTime<Utc>,
+    epoch: Instant,
+}
+
+impl Clock {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn ms_of(&self, t: DateTime<Utc>) -> u64 {
+        u64::try_from((t - self.epoch_utc).num_milliseconds()).unwrap_or(0)
+    }
+
+    fn utc_now(&self) -> DateTime<Utc> {
+        self.epoch_utc + chrono::Duration::milliseconds(self.now_ms() as i64)
+    }
+}
+
+/// The leases of owned shards, shared with the planner, and the planner's wake-up.
+#[derive(Debug, Clone, Default)]
+pub struct Wakers {
+    leases: Arc<std::sync::Mutex<HashMap<ShardId, ShardLease>>>,
+    wake: Arc<Notify>,
+}
+
+impl Wakers {
+    /// A change hint for `shard`: re-plan now if it is ours.
+    pub fn wake(&self, shard: ShardId) {
+        if self.lock().contains_key(&shard) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShardId, ShardLease>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, shard: ShardId, lease: Option<ShardLease>) {
+        let mut map = self.lock();
+        match lease {
+            Some(l) => map.insert(shard, l),
+            None => map.remove(&shard),
+        };
+    }
+
+    fn snapshot(&self) -> HashMap<ShardId, ShardLease> {
+        self.lock().clone()
+    }
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    store: Arc<dyn SchedulerStore>,
+    coordinator: Arc<dyn Coordinator>,
+    dispatcher: Dispatcher,
+    metrics: Metrics,
+    wakers: Wakers,
+    tasks: TaskTracker,
+}
+
+impl Engine {
+    pub fn new(
+        config: EngineConfig,
+        store: Arc<dyn SchedulerStore>,
+        coordinator: Arc<dyn Coordinator>,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        wakers: Wakers,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            coordinator,
+            dispatcher,
+            metrics,
+            wakers,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Runs until `stop`; then stops every planner and returns the shards it owned.
+    pub async fn run(
+        self,
+        mut ownership: mpsc::Receiver<OwnershipEvent>,
+        stop: CancellationToken,
+    ) -> Vec<ShardId> {
+        let clock = Clock {
+            epoch_utc: Utc::now(),
+            epoch: Instant::now(),
+        };
+        let mut wheel: TimingWheel<(ShardId, RunId)> = TimingWheel::new(0);
+        let mut owned: HashMap<ShardId, Owned> = HashMap::new();
+        // Shards whose fence is being taken, with the token of their current claim.
+        let mut claiming: HashMap<ShardId, i64> = HashMap::new();
+        let (input_tx, mut input) = mpsc::channel::<EngineInput>(4096);
+        let mut due = Vec::new();
+        let planner_stop = CancellationToken::new();
+        self.tasks.spawn(plan(
+            self.store.clone(),
+            self.dispatcher.clone(),
+            self.metrics.clone(),
+            self.config.clone(),
+            self.wakers.clone(),
+            input_tx.clone(),
+            planner_stop.clone(),
+            clock,
+        ));
+        loop {
+            let sleep_until = wheel
+                .next_deadline()
+                .map(|ms| clock.epoch + Duration::from_millis(ms))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                event = ownership.recv() => {
+                    let Some(event) = event else { break };
+                    self.on_ownership(event, &mut owned, &mut claiming, &mut wheel, &input_tx).await;
+                }
+                Some(message) = input.recv() => match message {
+                    EngineInput::Claimed(lease) => {
+                        let shard = lease.shard();
+                        if claiming.get(&shard) != Some(&lease.token()) {
+                            continue; // lost, released or re-claimed while its fence was being taken
+                        }
+                        claiming.remove(&shard);
+                        self.wakers.set(shard, Some(lease.clone()));
+                        self.dispatcher.own_shard(&lease);
+                        self.tasks.spawn(recover(lease.clone(), self.store.clone(), self.dispatcher.clone(), input_tx.clone()));
+                        owned.insert(shard, Owned { lease, timers: HashMap::new() });
+                        self.metrics.shards_owned.set(owned.len() as i64);
+                        self.wakers.wake.notify_one();
+                    }
+                    EngineInput::ClaimFailed { shard, token, fenced } => {
+                        if claiming.get(&shard) != Some(&token) {
+                            continue; // a newer claim of the shard is under way
+                        }
+                        claiming.remove(&shard);
+                        if !fenced {
+                            // Let another node (or this one, later) try: nothing was fired.
+                            let _ = self.coordinator.release(shard).await;
+                        }
+                    }
+                    EngineInput::Planned { shard, runs } => {
+                        let Some(state) = owned.get_mut(&shard) else { continue };
+                        for (run, fire_time) in runs {
+                            state.timers.entry(run).or_insert_with(|| wheel.insert(clock.ms_of(fire_time), (shard, run)));
+                        }
+                        self.metrics.timers.set(wheel.len() as i64);
+                    }
+                },
+                _ = tokio::time::sleep_until(sleep_until) => {
+                    wheel.advance(clock.now_ms(), &mut due);
+                    self.fire(&mut due, &mut owned, clock);
+                    self.metrics.timers.set(wheel.len() as i64);
+                }
+            }
+        }
+        planner_stop.cancel();
+        let shards: Vec<ShardId> = owned.keys().copied().collect();
+        for shard in &shards {
+            self.wakers.set(*shard, None);
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+        shards
+    }
+
+    async fn on_ownership(
+        &self,
+        event: OwnershipEvent,
+        owned: &mut HashMap<ShardId, Owned>,
+        claiming: &mut HashMap<ShardId, i64>,
+        wheel: &mut TimingWheel<(ShardId, RunId)>,
+        input: &mpsc::Sender<EngineInput>,
+    ) {
+        match event {
+            OwnershipEvent::Acquired { shard, token } => {
+                // Fenced in the store concurrently: a node claiming hundreds of shards must not
+                // take them one round trip at a time.
+                claiming.insert(shard, token);
+                let (store, node, input) = (
+                    self.store.clone(),
+                    self.config.node_id.clone(),
+                    input.clone(),
+                );
+                self.tasks.spawn(async move {
+                    match store.claim_shard(shard, token, &node).await {
+                        Ok(lease) => {
+                            tracing::info!(shard = shard.get(), token, "shard acquired");
+                            let _ = input.send(EngineInput::Claimed(lease)).await;
+                        }
+                        Err(e) => {
+                            let fenced = matches!(e, kairos_store::StoreError::Fenced { .. });
+                            if fenced {
+                                tracing::debug!(shard = shard.get(), token, "a newer claim holds the shard already");
+                            } else {
+                                tracing::warn!(shard = shard.get(), token, error = %e, "cannot fence the claimed shard");
+                            }
+                            let _ = input.send(EngineInput::ClaimFailed { shard, token, fenced }).await;
+                        }
+                    }
+                });
+            }
+            OwnershipEvent::Lost { shard } | OwnershipEvent::Released { shard } => {
+                claiming.remove(&shard);
+                if let Some(state) = owned.remove(&shard) {
+                    for handle in state.timers.into_values() {
+                        wheel.cancel(handle);
+                    }
+                }
+                self.wakers.set(shard, None);
+                self.dispatcher.drop_shard(shard);
+                self.metrics.shards_owned.set(owned.len() as i64);
+                if matches!(event, OwnershipEvent::Released { .. }) {
+                    // Nothing is in flight for it any more: hand it over.
+                    let _ = self.coordinator.release(shard).await;
+                    tracing::info!(shard = shard.get(), "shard handed off");
+                } else {
+                    tracing::warn!(shard = shard.get(), "shard lost; stopped firing it");
+                }
+            }
+        }
+    }
+
+    /// Moves due runs to `queued` (one batched, fenced write per shard) and dispatches them.
+    fn fire(
+        &self,
+        due: &mut Vec<(u64, (ShardId, RunId))>,
+        owned: &mut HashMap<ShardId, Owned>,
+        clock: Clock,
+    ) {
+        if due.is_empty() {
+            return;
+        }
+        if !self.coordinator.lease_valid() {
+            // I8: the lease may be expiring; the next owner will fire these (or record them missed).
+            tracing::warn!(fires = due.len(), "lease not valid; not firing");
+            due.clear();
+            return;
+        }
+        let mut by_shard: HashMap<ShardId, Vec<RunId>> = HashMap::new();
+        let now_ms = clock.now_ms();
+        for (deadline, (shard, run)) in due.drain(..) {
+            self.metrics
+                .fire_lag_seconds
+                .observe(now_ms.saturating_sub(deadline) as f64 / 1000.0);
+            if let Some(state) = owned.get_mut(&shard) {
+                state.timers.remove(&run);
+                by_shard.entry(shard).or_default().push(run);
+            }
+        }
+        for (shard, runs) in by_shard {
+            let Some(state) = owned.get(&shard) else {
+                continue;
+            };
+            let (lease, store, dispatcher, metrics) = (
+                state.lease.clone(),
+                self.store.clone(),
+                self.dispatcher.clone(),
+                self.metrics.clone(),
+            );
+            self.tasks.spawn(async move {
+                match store.queue_runs(&lease, &runs).await {
+                    Ok(queued) => {
+                        metrics.runs_queued.inc_by(queued.len() as u64);
+                        dispatcher.enqueue(&lease, queued);
+                    }
+                    Err(e) => tracing::warn!(shard = shard.get(), error = %e, "cannot queue due runs; the shard's next owner or planner round will"),
+                }
+            });
+        }
+    }
+}
+
+/// The node's planner: every `rescan_every`, or when woken (a claim, a change hint), scans
+/// the due schedules of every owned shard in one query, materializes their fires per shard
+/// (fenced), arms their timers, and hands queued runs (execute now, trigger, backfill) to
+/// dispatch.
+#[allow(clippy::too_many_arguments)]
+async fn plan(
+    store: Arc<dyn SchedulerStore>,
+    dispatcher: Dispatcher,
+    metrics: Metrics,
+    config: EngineConfig,
+    wakers: Wakers,
+    engine: mpsc::Sender<EngineInput>,
+    stop: CancellationToken,
+    clock: Clock,
+) {
+    loop {
+        let leases = wakers.snapshot();
+        if !leases.is_empty() {
+            let shards: Vec<ShardId> = leases.keys().copied().collect();
+            let now = clock.utc_now();
+            let until = now + chrono::Duration::from_std(config.horizon).unwrap_or_default();
+            match store.due_schedules_across(&shards, until, 10_000).await {
+                Ok(due) => {
+                    let mut by_shard: HashMap<ShardId, Vec<Materialize>> = HashMap::new();
+                    for (shard, schedule) in &due {
+                        by_shard.entry(*shard).or_default().extend(plan_fires(
+                            schedule,
+                            now,
+                            until,
+                            MAX_FIRES_PER_ROUND,
+                        ));
+                    }
+                    for (shard, fires) in by_shard {
+                        let Some(lease) = leases.get(&shard) else {
+                            continue;
+                        };
+                        materialize(store.as_ref(), &metrics, lease, &fires, &engine).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "planning scan failed; retrying next round"),
+            }
+            match store.queued_runs_across(&shards, 10_000).await {
+                Ok(queued) => {
+                    for (shard, run) in queued {
+                        if let Some(lease) = leases.get(&shard) {
+                            dispatcher.enqueue(lease, [run]);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read queued runs"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = wakers.wake.notified() => {}
+            _ = tokio::time::sleep(config.rescan_every) => {}
+        }
+    }
+}
+
+async fn materialize(
+    store: &dyn SchedulerStore,
+    metrics: &Metrics,
+    lease: &ShardLease,
+    fires: &[Materialize],
+    engine: &mpsc::Sender<EngineInput>,
+) {
+    match store.materialize(lease, fires).await {
+        Ok(runs) => {
+            metrics
+                .fires_materialized
+                .inc_by(runs.iter().filter(|r| r.created).count() as u64);
+            metrics.fires_missed.inc_by(
+                runs.iter()
+                    .filter(|r| r.created && r.state == RunState::Skipped)
+                    .count() as u64,
+            );
+            let scheduled: Vec<_> = runs
+                .iter()
+                .filter(|r| r.state == RunState::Scheduled)
+                .map(|r| (r.id, r.fire_time))
+                .collect();
+            if !scheduled.is_empty() {
+                let _ = engine
+                    .send(EngineInput::Planned {
+                        shard: lease.shard(),
+                        runs: scheduled,
+                    })
+                    .await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(shard = lease.shard().get(), error = %e, "materialize failed; retrying next round")
+        }
+    }
+}
+
+/// I2 on claim: runs a previous owner left `scheduled` go back on the wheel (fires it had not
+/// materialized are planned from `next_fire_at`, where the catch-up rule applies), `queued`
+/// ones go to dispatch, `running` ones are watched for heartbeats. Retries until it reads.
+async fn recover(
+    lease: ShardLease,
+    store: Arc<dyn SchedulerStore>,
+    dispatcher: Dispatcher,
+    engine: mpsc::Sender<EngineInput>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    let pending = loop {
+        match store.shard_pending_runs(&lease).await {
+            Ok(p) => break p,
+            Err(kairos_store::StoreError::Fenced { .. }) => return,
+            Err(e) => {
+                tracing::warn!(shard = lease.shard().get(), error = %e, "recovery scan failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let mut scheduled = Vec::new();
+    let mut queued = Vec::new();
+    let mut running = Vec::new();
+    for run in pending {
+        match run.state {
+            RunState::Scheduled => scheduled.push((run.id, run.fire_time)),
+            RunState::Queued => queued.push(run.id),
+            RunState::Running => running.push(run.id),
+            _ => {}
+        }
+    }
+    if !scheduled.is_empty() || !queued.is_empty() || !running.is_empty() {
+        tracing::info!(
+            shard = lease.shard().get(),
+            scheduled = scheduled.len(),
+            queued = queued.len(),
+            running = running.len(),
+            "shard recovered"
+        );
+    }
+    dispatcher.enqueue(&lease, queued);
+    dispatcher.adopt_running(&lease, running);
+    if !scheduled.is_empty() {
+        let _ = engine
+            .send(EngineInput::Planned {
+                shard: lease.shard(),
+                runs: scheduled,
+            })
+            .await;
+    }
+}

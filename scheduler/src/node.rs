@@ -1,0 +1,184 @@
+//! One scheduler node: registers in etcd and claims shards, serves `WorkerService` to workers,
+//! follows the store's change hints, runs the firing engine, and serves health and metrics.
+//!
+//! Shutdown order matters and is fixed here: stop firing, hand every shard back, stop
+//! dispatch, close the worker streams. Nothing is left running when `run` returns.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, http::StatusCode, routing::get};
+use kairos_proto::v1::worker_service_server::WorkerServiceServer;
+use kairos_store::{SchedulerStore, ShardChange};
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    coordinator::{Coordinator, CoordinatorConfig, CoordinatorError, EtcdCoordinator},
+    dispatch::{DispatchConfig, Dispatcher},
+    engine::{Engine, EngineConfig, Wakers},
+    metrics::Metrics,
+};
+
+/// Everything `kairos scheduler` is configured with.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub coordinator: CoordinatorConfig,
+    /// Worker-facing gRPC listen address (`KAIROS_GRPC_ADDR`).
+    pub grpc_addr: SocketAddr,
+    /// Health and metrics listen address (`KAIROS_METRICS_ADDR`).
+    pub metrics_addr: Option<SocketAddr>,
+    pub horizon: Duration,
+    pub rescan_every: Duration,
+    pub dispatch: DispatchConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Coordinator(#[from] CoordinatorError),
+    #[error("worker gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Runs a scheduler node until `shutdown`, then hands its shards off and stops.
+pub async fn run(
+    mut config: SchedulerConfig,
+    store: Arc<dyn SchedulerStore>,
+    shutdown: CancellationToken,
+) -> Result<(), SchedulerError> {
+    let grpc = TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|source| SchedulerError::Bind {
+            addr: config.grpc_addr,
+            source,
+        })?;
+    let grpc_addr = grpc.local_addr().map_err(|source| SchedulerError::Bind {
+        addr: config.grpc_addr,
+        source,
+    })?;
+    // Workers find this node's stream endpoint in its registration.
+    config.coordinator.advertise = format!("http://{grpc_addr}");
+    let metrics = Metrics::new();
+    let tasks = TaskTracker::new();
+    let stop_serving = CancellationToken::new();
+
+    if let Some(addr) = config.metrics_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| SchedulerError::Bind { addr, source })?;
+        tasks.spawn(serve_health(
+            listener,
+            metrics.clone(),
+            stop_serving.clone(),
+        ));
+    }
+
+    let dispatcher = Dispatcher::new(store.clone(), config.dispatch.clone(), metrics.clone());
+    let grpc_stop = stop_serving.clone();
+    let service = WorkerServiceServer::new(dispatcher.clone());
+    let grpc_task = tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                grpc_stop.cancelled_owned(),
+            )
+            .await
+    });
+    tasks.spawn(dispatcher.clone().run(stop_serving.clone()));
+
+    let (coordinator, ownership) = EtcdCoordinator::start(config.coordinator.clone()).await?;
+    let coordinator: Arc<dyn Coordinator> = Arc::new(coordinator);
+    tracing::info!(node_id = %config.coordinator.node_id, grpc = %grpc_addr, "scheduler node started");
+
+    let wakers = Wakers::default();
+    let (changes_tx, mut changes) = mpsc::channel::<ShardChange>(4096);
+    let listen_stop = stop_serving.clone();
+    let listen_store = store.clone();
+    tasks.spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        while !listen_stop.is_cancelled() {
+            if let Err(e) = listen_store.follow_changes(changes_tx.clone(), listen_stop.clone()).await {
+                tracing::warn!(error = %e, "change hints lost; re-listening (planning continues on its rescan)");
+            }
+            tokio::select! {
+                _ = listen_stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+    let hint_wakers = wakers.clone();
+    tasks.spawn(async move {
+        while let Some(change) = changes.recv().await {
+            hint_wakers.wake(change.shard);
+        }
+    });
+
+    let engine = Engine::new(
+        EngineConfig {
+            node_id: config.coordinator.node_id.clone(),
+            horizon: config.horizon,
+            rescan_every: config.rescan_every,
+        },
+        store.clone(),
+        coordinator.clone(),
+        dispatcher.clone(),
+        metrics.clone(),
+        wakers,
+    );
+    let engine_stop = CancellationToken::new();
+    let engine_task = tokio::spawn(engine.run(ownership, engine_stop.clone()));
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        r = grpc_task => {
+            tracing::error!(result = ?r, "worker gRPC server stopped unexpectedly");
+        }
+    }
+    tracing::info!("scheduler stopping: no more fires, handing shards off");
+    engine_stop.cancel();
+    let shards = engine_task.await.unwrap_or_default();
+    if let Err(e) = coordinator.shutdown().await {
+        tracing::warn!(error = %e, "could not release shards cleanly; they free up when the lease expires");
+    }
+    tracing::info!(shards = shards.len(), "shards handed off");
+    stop_serving.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("scheduler tasks did not stop within 10 s");
+    }
+    Ok(())
+}
+
+async fn serve_health(listener: TcpListener, metrics: Metrics, stop: CancellationToken) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    match metrics.render() {
+                        Ok(body) => (StatusCode::OK, body),
+                        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, String::new()),
+                    }
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::warn!(error = %e, "health server stopped");
+    }
+}

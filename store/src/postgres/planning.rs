@@ -1,0 +1,364 @@
+//! The scheduler's planning writes: reading a shard's due schedules and materializing their
+//! fires as runs while advancing `next_fire_at`, in fenced, batched transactions; it must never
+//! create a second run for a fire (I1) or a run from a schedule version that is gone (I4).
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use kairos_domain::{RunId, ScheduleId, ShardId, TenantId, Trigger};
+use uuid::Uuid;
+
+use super::events::{self, Transition};
+use super::fencing;
+use super::rows::{ScheduleRow, convert, schedule_columns, shard_value};
+use super::{PgStore, dispatch::parse_state};
+use crate::{DueSchedule, Materialize, MaterializedRun, Result, Schedule, ShardLease, StoreError};
+
+/// Unpaused schedules of the lease's shard due by `until`, earliest first.
+#[tracing::instrument(skip_all, fields(shard = lease.shard().get(), token = lease.token(), limit))]
+pub(super) async fn due_schedules(
+    store: &PgStore,
+    lease: &ShardLease,
+    until: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<DueSchedule>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tx = fencing::begin(store, lease).await?;
+    // The planning index (shard, next_fire_at) WHERE NOT paused AND next_fire_at IS NOT NULL
+    // answers this in order.
+    let rows: Vec<ScheduleRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        schedule_columns!(),
+        " FROM schedules
+         WHERE shard = $1 AND NOT paused AND next_fire_at IS NOT NULL AND next_fire_at <= $2
+         ORDER BY next_fire_at, id
+         LIMIT $3"
+    ))
+    .bind(shard_value(lease.shard())?)
+    .bind(until)
+    .bind(i64::from(limit))
+    .fetch_all(tx.conn())
+    .await?;
+    tx.commit().await?;
+    let schedules: Vec<Schedule> = convert(rows)?;
+    schedules
+        .into_iter()
+        .map(|s| {
+            let next_fire_at = s.next_fire_at.ok_or_else(|| {
+                StoreError::Corrupt(format!("schedule {}: due without a next fire", s.id))
+            })?;
+            Ok(DueSchedule {
+                id: s.id,
+                tenant_id: s.tenant_id,
+                job_id: s.job_id,
+                version: s.version,
+                spec: s.spec,
+                next_fire_at,
+            })
+        })
+        .collect()
+}
+
+/// A schedule as locked by `materialize`.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+struct LockedSchedule {
+    id: Uuid,
+    tenant_id: Uuid,
+    job_id: Uuid,
+    version: i64,
+    paused: bool,
+}
+
+/// Records the fires whose schedule is still at their version, in one fenced transaction: the
+/// runs (attempt 1, trigger `schedule`) with their creation events, and each schedule's
+/// `next_fire_at` moved forward. Answers the run of every fire kept, existing or new.
+#[tracing::instrument(skip_all, fields(shard = lease.shard().get(), token = lease.token(), fires = fires.len()))]
+pub(super) async fn materialize(
+    store: &PgStore,
+    lease: &ShardLease,
+    fires: &[Materialize],
+) -> Result<Vec<MaterializedRun>> {
+    let mut tx = fencing::begin(store, lease).await?;
+    if fires.is_empty() {
+        return Ok(Vec::new());
+    }
+    let shard = shard_value(lease.shard())?;
+
+    // Lock the schedules (in id order, against deadlocks) so that an edit, pause or delete
+    // either committed before (its version shows and the fires are dropped) or waits until
+    // this commits (and then cancels the runs written here, I4).
+    let mut schedule_ids: Vec<Uuid> = fires.iter().map(|f| f.schedule_id.as_uuid()).collect();
+    schedule_ids.sort_unstable();
+    schedule_ids.dedup();
+    let locked: Vec<LockedSchedule> = sqlx::query_as(
+        "SELECT id, tenant_id, job_id, version, paused FROM schedules
+         WHERE id = ANY($1) AND shard = $2
+         ORDER BY id
+         FOR NO KEY UPDATE",
+    )
+    .bind(&schedule_ids)
+    .bind(shard)
+    .fetch_all(tx.conn())
+    .await?;
+    let locked: HashMap<Uuid, LockedSchedule> = locked.into_iter().map(|s| (s.id, s)).collect();
+
+    let mut seen = HashSet::new();
+    let mut kept: Vec<(&Materialize, LockedSchedule)> = fires
+        .iter()
+        .filter_map(|f| {
+            let s = locked.get(&f.schedule_id.as_uuid())?;
+            (s.version == f.schedule_version && !s.paused).then_some((f, *s))
+        })
+        .filter(|(f, _)| seen.insert((f.schedule_id, f.fire_time)))
+        .collect();
+    let dropped = fires.len() - kept.len();
+    if dropped > 0 {
+        tracing::debug!(
+            dropped,
+            "fires dropped: schedule changed, paused, deleted, not of this shard, or repeated"
+        );
+    }
+    kept.sort_by_key(|(f, _)| (f.fire_time, f.schedule_id.as_uuid()));
+
+    let n = kept.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut tenants = Vec::with_capacity(n);
+    let mut jobs = Vec::with_capacity(n);
+    let mut schedules = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut fire_times = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    for (f, s) in &kept {
+        ids.push(RunId::generate().as_uuid());
+        tenants.push(s.tenant_id);
+        jobs.push(s.job_id);
+        schedules.push(s.id);
+        versions.push(s.version);
+        fire_times.push(f.fire_time);
+        states.push(f.state.run_state().as_str());
+        reasons.push(f.state.reason());
+    }
+    // I1: the unique (schedule_id, fire_time, attempt) key makes a repeated call (after a
+    // timeout, a crash, or by a node that lost the shard in between) create nothing.
+    let inserted: Vec<(Uuid, Uuid, Uuid, DateTime<Utc>, String)> = sqlx::query_as(
+        "INSERT INTO runs (id, tenant_id, job_id, schedule_id, schedule_version, shard, trigger,
+             attempt, fire_time, state, reason, finished_at)
+         SELECT f.id, f.tenant_id, f.job_id, f.schedule_id, f.version, $9, $10, 1, f.fire_time,
+                f.state, f.reason, CASE WHEN f.state = 'skipped' THEN now() END
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[],
+                     $6::timestamptz[], $7::text[], $8::text[])
+              WITH ORDINALITY AS f(id, tenant_id, job_id, schedule_id, version, fire_time, state,
+                                   reason, n)
+         ORDER BY f.n
+         ON CONFLICT (schedule_id, fire_time, attempt) DO NOTHING
+         RETURNING id, tenant_id, schedule_id, fire_time, state",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&jobs)
+    .bind(&schedules)
+    .bind(&versions)
+    .bind(&fire_times)
+    .bind(&states)
+    .bind(&reasons)
+    .bind(shard)
+    .bind(Trigger::Schedule.as_str())
+    .fetch_all(tx.conn())
+    .await?;
+
+    let mut runs = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(inserted.len());
+    let mut reason_of: HashMap<(Uuid, DateTime<Utc>), Option<&'static str>> = kept
+        .iter()
+        .map(|(f, _)| ((f.schedule_id.as_uuid(), f.fire_time), f.state.reason()))
+        .collect();
+    for (id, tenant, schedule, fire_time, state) in inserted {
+        let state = parse_state(id, &state)?;
+        created.push((
+            TenantId::from_uuid(tenant),
+            Transition {
+                run_id: id,
+                fire_time,
+                from: None,
+                to: state,
+                reason: reason_of
+                    .remove(&(schedule, fire_time))
+                    .flatten()
+                    .map(str::to_owned),
+            },
+        ));
+        runs.push(MaterializedRun {
+            id: RunId::from_uuid(id),
+            schedule_id: ScheduleId::from_uuid(schedule),
+            fire_time,
+            state,
+            created: true,
+        });
+    }
+    created.sort_by_key(|(_, t)| (t.fire_time, t.run_id));
+    events::record_across_tenants(tx.tx(), &created).await?;
+
+    if runs.len() < n {
+        // Fires that had their run already: answer it, so a retried call loses nothing.
+        let (schedules, fire_times): (Vec<Uuid>, Vec<DateTime<Utc>>) =
+            reason_of.into_keys().unzip();
+        let existing: Vec<(Uuid, Uuid, DateTime<Utc>, String)> = sqlx::query_as(
+            "SELECT r.id, r.schedule_id, r.fire_time, r.state
+             FROM runs r
+             JOIN UNNEST($1::uuid[], $2::timestamptz[]) AS f(schedule_id, fire_time)
+               ON r.schedule_id = f.schedule_id AND r.fire_time = f.fire_time
+             WHERE r.attempt = 1",
+        )
+        .bind(&schedules)
+        .bind(&fire_times)
+        .fetch_all(tx.conn())
+        .await?;
+        for (id, schedule, fire_time, state) in existing {
+            runs.push(MaterializedRun {
+                id: RunId::from_uuid(id),
+                schedule_id: ScheduleId::from_uuid(schedule),
+                fire_time,
+                state: parse_state(id, &state)?,
+                created: false,
+            });
+        }
+    }
+    runs.sort_by_key(|r| (r.fire_time, r.schedule_id.as_uuid()));
+
+    advance_next_fires(&mut tx, shard, &kept).await?;
+    tx.commit().await?;
+    let new = created.len();
+    tracing::debug!(
+        created = new,
+        existing = runs.len() - new,
+        "fires materialized"
+    );
+    Ok(runs)
+}
+
+/// Moves each schedule's `next_fire_at` to the value carried by its latest kept fire, only
+/// forward, and only while the schedule is at the fires' version.
+async fn advance_next_fires(
+    tx: &mut fencing::FencedTx,
+    shard: i16,
+    kept: &[(&Materialize, LockedSchedule)],
+) -> Result<()> {
+    // `kept` is in fire order: the last fire of a schedule wins.
+    let mut latest: HashMap<Uuid, (i64, Option<DateTime<Utc>>)> = HashMap::new();
+    for (f, s) in kept {
+        latest.insert(s.id, (s.version, f.next_fire_at));
+    }
+    let mut ids = Vec::with_capacity(latest.len());
+    let mut versions = Vec::with_capacity(latest.len());
+    let mut nexts = Vec::with_capacity(latest.len());
+    for (id, (version, next)) in latest {
+        ids.push(id);
+        versions.push(version);
+        nexts.push(next);
+    }
+    sqlx::query(
+        "UPDATE schedules s SET next_fire_at = u.next_fire_at
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::timestamptz[]) AS u(id, version, next_fire_at)
+         WHERE s.id = u.id AND s.version = u.version AND s.shard = $4
+           AND s.next_fire_at IS NOT NULL
+           AND (u.next_fire_at IS NULL OR u.next_fire_at > s.next_fire_at)",
+    )
+    .bind(&ids)
+    .bind(&versions)
+    .bind(&nexts)
+    .bind(shard)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Due schedules of many owned shards in one round trip (the node-level planning scan). A
+/// read: nothing is written, so no fence is taken; the writes that follow are fenced.
+#[tracing::instrument(skip_all, fields(shards = shards.len()))]
+pub(super) async fn due_schedules_across(
+    store: &PgStore,
+    shards: &[ShardId],
+    until: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<(ShardId, DueSchedule)>> {
+    if limit == 0 || shards.is_empty() {
+        return Ok(Vec::new());
+    }
+    let shard_values: Vec<i16> = shards
+        .iter()
+        .map(|s| shard_value(*s))
+        .collect::<Result<_>>()?;
+    let rows: Vec<ScheduleRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        schedule_columns!(),
+        " FROM schedules
+         WHERE shard = ANY($1) AND NOT paused AND next_fire_at IS NOT NULL AND next_fire_at <= $2
+         ORDER BY next_fire_at, id
+         LIMIT $3"
+    ))
+    .bind(&shard_values)
+    .bind(until)
+    .bind(i64::from(limit))
+    .fetch_all(store.pool())
+    .await?;
+    let schedules: Vec<Schedule> = convert(rows)?;
+    schedules
+        .into_iter()
+        .map(|s| {
+            let next_fire_at = s.next_fire_at.ok_or_else(|| {
+                StoreError::Corrupt(format!("schedule {}: due without a next fire", s.id))
+            })?;
+            Ok((
+                s.shard,
+                DueSchedule {
+                    id: s.id,
+                    tenant_id: s.tenant_id,
+                    job_id: s.job_id,
+                    version: s.version,
+                    spec: s.spec,
+                    next_fire_at,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Queued runs of many owned shards, oldest first, in one round trip (a read).
+#[tracing::instrument(skip_all, fields(shards = shards.len()))]
+pub(super) async fn queued_runs_across(
+    store: &PgStore,
+    shards: &[ShardId],
+    limit: u32,
+) -> Result<Vec<(ShardId, RunId)>> {
+    if limit == 0 || shards.is_empty() {
+        return Ok(Vec::new());
+    }
+    let shard_values: Vec<i16> = shards
+        .iter()
+        .map(|s| shard_value(*s))
+        .collect::<Result<_>>()?;
+    let rows: Vec<(i16, Uuid)> = sqlx::query_as(
+        "SELECT shard, id FROM runs
+         WHERE shard = ANY($1) AND state = 'queued' AND NOT cancel_requested
+         ORDER BY fire_time, id
+         LIMIT $2",
+    )
+    .bind(&shard_values)
+    .bind(i64::from(limit))
+    .fetch_all(store.pool())
+    .await?;
+    rows.into_iter()
+        .map(|(shard, id)| {
+            let shard = u16::try_from(shard)
+                .ok()
+                .and_then(ShardId::new)
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("run {id}: shard {shard} out of range"))
+                })?;
+            Ok((shard, RunId::from_uuid(id)))
+        })
+        .collect()
+}

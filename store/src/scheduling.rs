@@ -1,0 +1,420 @@
+//! What the scheduler and the dispatch path need from storage (`SchedulerStore`) and the
+//! fencing token that gates every write of a shard (`ShardLease`); nothing here may mint a
+//! lease except `SchedulerStore::claim_shard`, and no write here may skip the fence check.
+//!
+//! The API keeps using [`crate::Store`]; the scheduler crate depends on this trait only. Every
+//! write takes a `&ShardLease` and fails with [`crate::StoreError::Fenced`], writing nothing,
+//! once a newer owner has claimed the shard (I1, I8). Every call is one transaction, every
+//! state change is conditional on the state it moves from and records one `run_events` row
+//! (I3), and list arguments are written in one batched statement.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kairos_domain::{
+    Command, Env, FailureReason, ImageRef, JobId, MemoryLimit, RunId, RunState, RunTimeout,
+    ScheduleId, ScheduleSpec, ShardId, SkipReason, TenantId, Trigger, run::cancel_reason,
+};
+
+use crate::Result;
+
+/// Most bytes of a run's output tail that are stored; a longer tail keeps its end.
+pub const LOG_TAIL_MAX_BYTES: usize = 64 * 1024;
+
+/// Proof that this node claimed `shard` at fence token `token`. Only
+/// [`SchedulerStore::claim_shard`] makes one; every write for the shard carries it and the
+/// store refuses it once a newer token has been claimed.
+///
+/// ```compile_fail
+/// // Outside the store a lease cannot be made up, only claimed.
+/// let shard = kairos_domain::ShardId::new(0).expect("shard");
+/// let lease = kairos_store::ShardLease { shard, token: i64::MAX };
+/// ```
+///
+/// ```
+/// // (The same setup without the forged lease compiles, so the failure above is the forgery.)
+/// let shard = kairos_domain::ShardId::new(0).expect("shard");
+/// fn takes(_: &kairos_store::ShardLease) {}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardLease {
+    shard: ShardId,
+    token: i64,
+}
+
+impl ShardLease {
+    /// Minted by implementations of `claim_shard` only, after the claim committed.
+    pub(crate) fn new(shard: ShardId, token: i64) -> Self {
+        Self { shard, token }
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// The fence token (the etcd revision at which the shard was claimed).
+    pub fn token(&self) -> i64 {
+        self.token
+    }
+}
+
+/// A schedule of the shard whose next fire is due within the planning horizon.
+#[derive(Debug, Clone)]
+pub struct DueSchedule {
+    pub id: ScheduleId,
+    pub tenant_id: TenantId,
+    pub job_id: JobId,
+    /// The version the fires are computed from; `materialize` drops them if it moved (I4).
+    pub version: i64,
+    /// Cadence, time zone, bounds, and the overlap, catch-up and jitter policies.
+    pub spec: ScheduleSpec,
+    pub next_fire_at: DateTime<Utc>,
+}
+
+/// How a fire is recorded by `materialize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FireState {
+    /// A run that will be queued at its fire time.
+    Scheduled,
+    /// A fire that will not run (overlap or missed), recorded so it is visible (I2).
+    Skipped(SkipReason),
+}
+
+impl FireState {
+    pub fn run_state(self) -> RunState {
+        match self {
+            FireState::Scheduled => RunState::Scheduled,
+            FireState::Skipped(_) => RunState::Skipped,
+        }
+    }
+
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            FireState::Scheduled => None,
+            FireState::Skipped(reason) => Some(reason.as_str()),
+        }
+    }
+}
+
+/// One fire to record, computed from version `schedule_version` of the schedule.
+#[derive(Debug, Clone)]
+pub struct Materialize {
+    pub schedule_id: ScheduleId,
+    pub schedule_version: i64,
+    pub fire_time: DateTime<Utc>,
+    pub state: FireState,
+    /// The schedule's next fire after this one (`None`: nothing left to fire). Of several
+    /// fires of one schedule in a batch, the latest fire's value is written; it only ever
+    /// moves `next_fire_at` forward.
+    pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// The run of a materialized fire: created by this call, or found from an earlier one (a
+/// retried call after a timeout or a crash; I1 keeps it unique).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaterializedRun {
+    pub id: RunId,
+    pub schedule_id: ScheduleId,
+    pub fire_time: DateTime<Utc>,
+    pub state: RunState,
+    /// `false` when the fire already had its run of attempt 1.
+    pub created: bool,
+}
+
+/// A non-terminal run of a shard, as recovery and dispatch see it.
+#[derive(Debug, Clone)]
+pub struct PendingRun {
+    pub id: RunId,
+    pub tenant_id: TenantId,
+    pub job_id: JobId,
+    pub schedule_id: Option<ScheduleId>,
+    pub schedule_version: Option<i64>,
+    pub trigger: Trigger,
+    pub attempt: u32,
+    pub fire_time: DateTime<Utc>,
+    pub state: RunState,
+    pub worker_id: Option<String>,
+    pub cancel_requested: bool,
+    pub started_at: Option<DateTime<Utc>>,
+    /// The job's timeout, to spot runs that outlived it.
+    pub timeout: RunTimeout,
+}
+
+/// Everything a worker needs to start a run it acked. `Debug` shows env names only.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub run_id: RunId,
+    pub tenant_id: TenantId,
+    pub job_id: JobId,
+    pub schedule_id: Option<ScheduleId>,
+    pub image: ImageRef,
+    pub command: Command,
+    /// The job's env, overridden by the run's own (execute-now overrides).
+    pub env: Env,
+    pub memory: MemoryLimit,
+    pub timeout: RunTimeout,
+    pub fire_time: DateTime<Utc>,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub started_at: DateTime<Utc>,
+}
+
+/// What a worker needs to decide on and start a `queued` run, offered before its ack (the ack
+/// then moves it to `running`, or refuses if the run was cancelled or changed meanwhile).
+/// `Debug` shows env names only.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub run_id: RunId,
+    pub job_id: JobId,
+    pub image: ImageRef,
+    pub command: Command,
+    /// The job's env, overridden by the run's own.
+    pub env: Env,
+    pub memory: MemoryLimit,
+    pub timeout: RunTimeout,
+    pub fire_time: DateTime<Utc>,
+    pub attempt: u32,
+}
+
+/// A committed change the API announced (NOTIFY): something in `shard` wants attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardChange {
+    pub kind: ChangeKind,
+    pub shard: ShardId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A schedule was created, edited, paused, resumed or deleted.
+    Schedule,
+    /// A run was queued directly (execute now, trigger, backfill).
+    RunQueued,
+}
+
+/// How a run ended, as its worker (or the scheduler) reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TerminalState {
+    Succeeded,
+    Failed(FailureReason),
+    /// Stopped after a cancel request.
+    Cancelled,
+}
+
+impl TerminalState {
+    pub fn run_state(self) -> RunState {
+        match self {
+            TerminalState::Succeeded => RunState::Succeeded,
+            TerminalState::Failed(_) => RunState::Failed,
+            TerminalState::Cancelled => RunState::Cancelled,
+        }
+    }
+
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            TerminalState::Succeeded => None,
+            TerminalState::Failed(reason) => Some(reason.as_str()),
+            TerminalState::Cancelled => Some(cancel_reason::REQUESTED),
+        }
+    }
+}
+
+/// The end of a run: its final state, exit code and output tail.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub state: TerminalState,
+    pub exit_code: Option<i32>,
+    /// The end of the output; stored capped at [`LOG_TAIL_MAX_BYTES`] (keeping the end).
+    pub log_tail: String,
+    /// Whether the worker already dropped the start of the output.
+    pub log_truncated: bool,
+}
+
+/// What `finish_run` left stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinishedRun {
+    /// The run's terminal state: the reported one if `applied`, else the one stored before.
+    pub state: RunState,
+    /// Whether this call made the transition (a repeated or late report does not).
+    pub applied: bool,
+}
+
+/// Storage for the scheduler (planning, firing, recovery) and the dispatch of runs to workers.
+/// Implementations: [`crate::PgStore`]. The suite in `conformance_scheduling` runs against each.
+#[async_trait]
+pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Records `owner` as the holder of `shard` at `token` if `token` is greater than the
+    /// shard's current token, else fails with `Fenced` (an older or equal claim). Waits for
+    /// the writes of the previous holder that are in flight; once it returns, they all fail.
+    async fn claim_shard(&self, shard: ShardId, token: i64, owner: &str) -> Result<ShardLease>;
+
+    /// Unpaused schedules of the shard whose `next_fire_at <= until`, earliest first, at most
+    /// `limit`.
+    async fn due_schedules(
+        &self,
+        lease: &ShardLease,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueSchedule>>;
+
+    /// Records the fires as runs of attempt 1 (trigger `schedule`) with their creation events
+    /// and advances the schedules' `next_fire_at`, in one transaction. Fires of a schedule
+    /// that was since edited, paused, deleted, or is not of this shard are dropped (I4); a
+    /// fire that already has its run creates nothing (I1) and answers that run. Returns the
+    /// run of every fire kept, in fire order.
+    async fn materialize(
+        &self,
+        lease: &ShardLease,
+        fires: &[Materialize],
+    ) -> Result<Vec<MaterializedRun>>;
+
+    /// Every `scheduled`, `queued` and `running` run of the shard, by fire time (recovery, I2).
+    async fn shard_pending_runs(&self, lease: &ShardLease) -> Result<Vec<PendingRun>>;
+
+    /// `scheduled` → `queued` for those of the runs (of the shard) still scheduled; returns
+    /// the ids it moved.
+    async fn queue_runs(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<RunId>>;
+
+    /// `scheduled` | `queued` → `skipped` with `reason` for those of the runs still there;
+    /// returns the ids it moved.
+    async fn skip_runs(
+        &self,
+        lease: &ShardLease,
+        run_ids: &[RunId],
+        reason: SkipReason,
+    ) -> Result<Vec<RunId>>;
+
+    /// `queued` → `running` on `worker_id`, if the run is still queued, no cancel was
+    /// requested and its schedule is still at the version it was computed from (I4).
+    /// `None` when that race was lost: the worker must not start the run. `NotFound` if the
+    /// run is not the shard's.
+    async fn ack_run(
+        &self,
+        lease: &ShardLease,
+        run_id: RunId,
+        worker_id: &str,
+    ) -> Result<Option<Assignment>>;
+
+    /// `running` → the outcome's terminal state, with exit code, log tail and finish time. A
+    /// report for a run that is already terminal changes nothing and answers the stored state
+    /// (I3); one for a run that has not started is `FailedPrecondition`, one for a run that is
+    /// not the shard's `NotFound`.
+    async fn finish_run(
+        &self,
+        lease: &ShardLease,
+        run_id: RunId,
+        outcome: &RunOutcome,
+    ) -> Result<FinishedRun>;
+
+    /// `running` → `failed` (reason `worker_lost`) for those of the runs still running;
+    /// returns the ids it moved.
+    async fn fail_lost_runs(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<RunId>>;
+
+    /// The shard's `queued` runs, oldest fire first, at most `limit` (dispatch after a
+    /// restart).
+    async fn queued_runs(&self, lease: &ShardLease, limit: u32) -> Result<Vec<PendingRun>>;
+
+    /// Due schedules of several owned shards in one scan, with their shard (a read: the
+    /// node-level planner's round trip; the writes that follow are fenced per shard).
+    async fn due_schedules_across(
+        &self,
+        shards: &[ShardId],
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(ShardId, DueSchedule)>>;
+
+    /// Queued, not cancel-requested runs of several shards, oldest first (a read).
+    async fn queued_runs_across(
+        &self,
+        shards: &[ShardId],
+        limit: u32,
+    ) -> Result<Vec<(ShardId, RunId)>>;
+
+    /// What workers need to start these runs; only runs of the shard still `queued` and not
+    /// cancel-requested are returned. Reads only: the ack makes the decision.
+    async fn run_offers(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<Offer>>;
+
+    /// Sends every change hint the API commits to `changes` until `stop` (or an error: the
+    /// caller re-follows; hints are only hints, planning rescans anyway).
+    async fn follow_changes(
+        &self,
+        changes: tokio::sync::mpsc::Sender<ShardChange>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<()>;
+}
+
+/// The stored form of an output tail: NUL bytes (which Postgres text cannot hold) replaced,
+/// then capped at [`LOG_TAIL_MAX_BYTES`] keeping the end, on a character boundary. The bool
+/// is true when the cap cut something.
+pub fn cap_log_tail(tail: &str) -> (String, bool) {
+    let cleaned;
+    let tail = if tail.contains('\0') {
+        cleaned = tail.replace('\0', "\u{fffd}");
+        cleaned.as_str()
+    } else {
+        tail
+    };
+    if tail.len() <= LOG_TAIL_MAX_BYTES {
+        return (tail.to_owned(), false);
+    }
+    let mut start = tail.len() - LOG_TAIL_MAX_BYTES;
+    while !tail.is_char_boundary(start) {
+        start += 1;
+    }
+    (tail[start..].to_owned(), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_tail_is_kept_whole() {
+        assert_eq!(cap_log_tail("hello\n"), ("hello\n".to_owned(), false));
+        assert_eq!(cap_log_tail(""), (String::new(), false));
+    }
+
+    #[test]
+    fn a_long_tail_keeps_its_end() {
+        let tail = format!("{}END", "x".repeat(LOG_TAIL_MAX_BYTES));
+        let (kept, cut) = cap_log_tail(&tail);
+        assert!(cut);
+        assert_eq!(kept.len(), LOG_TAIL_MAX_BYTES);
+        assert!(kept.ends_with("END"));
+    }
+
+    #[test]
+    fn the_cap_never_splits_a_character() {
+        // 3-byte characters: the cut lands inside one and moves forward to the next boundary.
+        let tail = "€".repeat(LOG_TAIL_MAX_BYTES / 3 + 10);
+        let (kept, cut) = cap_log_tail(&tail);
+        assert!(cut);
+        assert!(kept.len() <= LOG_TAIL_MAX_BYTES);
+        assert!(kept.chars().all(|c| c == '€'));
+    }
+
+    #[test]
+    fn nul_bytes_are_replaced() {
+        assert_eq!(
+            cap_log_tail("a\0b"),
+            ("a\u{fffd}b".to_owned(), false),
+            "Postgres text cannot hold NUL"
+        );
+    }
+
+    #[test]
+    fn terminal_states_name_their_reason() {
+        assert_eq!(TerminalState::Succeeded.reason(), None);
+        assert_eq!(
+            TerminalState::Failed(FailureReason::OomKilled).reason(),
+            Some("oom_killed")
+        );
+        assert_eq!(
+            TerminalState::Cancelled.run_state(),
+            RunState::Cancelled,
+            "a cancel the worker carried out"
+        );
+        assert_eq!(
+            FireState::Skipped(SkipReason::Missed).reason(),
+            Some("missed")
+        );
+    }
+}

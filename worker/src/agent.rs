@@ -1,0 +1,76 @@
+//! The worker's lifecycle: start discovery and the scheduler streams, run until shutdown, then
+//! drain — no new credits, running runs get `drain_grace` to finish, the rest are abandoned
+//! (reported `failed/worker_lost`) — and deliver the final reports before exiting.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    WorkerConfig,
+    config::RuntimeKind,
+    connection::Shared,
+    discovery,
+    runtime::{ProcessRuntime, Runtime},
+    slots::Slots,
+};
+
+/// How long final reports may take to reach the schedulers after the runs ended.
+const REPORT_FLUSH: Duration = Duration::from_secs(5);
+
+/// Runs the worker until `shutdown` is cancelled, then drains.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) {
+    let runtime: Arc<dyn Runtime> = match config.runtime {
+        RuntimeKind::Process => Arc::new(ProcessRuntime::default()),
+    };
+    let drain_grace = config.drain_grace;
+    let shared = Shared {
+        slots: Slots::new(config.slots),
+        config: Arc::new(config),
+        runtime,
+        runs: TaskTracker::new(),
+        draining: CancellationToken::new(),
+        abandon: CancellationToken::new(),
+        running: Default::default(),
+        outboxes: Default::default(),
+        unacked: Default::default(),
+        offered: Default::default(),
+    };
+    tracing::info!(worker_id = %shared.config.worker_id, slots = shared.config.slots, runtime = ?shared.config.runtime, "worker starting");
+    let connections = TaskTracker::new();
+    let streams_stop = CancellationToken::new();
+    let discovery_task = tokio::spawn(discovery::run(
+        shared.clone(),
+        connections.clone(),
+        streams_stop.clone(),
+    ));
+
+    shutdown.cancelled().await;
+    tracing::info!(running = shared.slots.running(), grace = ?drain_grace, "worker draining");
+    shared.draining.cancel();
+    shared.runs.close();
+    if tokio::time::timeout(drain_grace, shared.runs.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            running = shared.slots.running(),
+            "drain grace ran out; abandoning running runs"
+        );
+        shared.abandon.cancel();
+        shared.runs.wait().await;
+    }
+    // Every run has ended and queued its report; each stream delivers what is queued on stop.
+    streams_stop.cancel();
+    connections.close();
+    if tokio::time::timeout(REPORT_FLUSH, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "scheduler streams did not close in time; some reports may be redelivered as worker_lost"
+        );
+    }
+    let _ = discovery_task.await;
+    tracing::info!("worker stopped");
+}
