@@ -52,6 +52,9 @@ macro_rules! scheduler_store_conformance_suite {
             skipping_moves_only_scheduled_or_queued_runs,
             the_log_tail_is_capped_keeping_its_end,
             the_pending_runs_of_a_shard_are_all_its_non_terminal_runs,
+            offers_are_only_queued_uncancelled_runs_of_the_shard_with_the_merged_env,
+            cross_shard_reads_return_only_the_named_shards,
+            committed_changes_are_followed_as_shard_hints,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1196,4 +1199,176 @@ pub async fn the_pending_runs_of_a_shard_are_all_its_non_terminal_runs<
     );
     let oldest = store.queued_runs(&w.lease, 1).await.expect("queued runs");
     assert_eq!(oldest.iter().map(|r| r.id).collect::<Vec<_>>(), [manual.id]);
+}
+
+pub async fn offers_are_only_queued_uncancelled_runs_of_the_shard_with_the_merged_env<
+    S: Store + SchedulerStore,
+>(
+    store: &S,
+) {
+    let t = tenant(store).await;
+    let j = job(store, t).await;
+    let mut new = manual_run(j.id, now());
+    new.env = Env::parse(BTreeMap::from([(
+        "TOKEN".to_owned(),
+        "from-the-run".to_owned(),
+    )]))
+    .expect("env");
+    let (offered, _) = store.create_run(t, &new, None).await.expect("run");
+    let (cancelled, _) = store
+        .create_run(t, &manual_run(j.id, now()), None)
+        .await
+        .expect("run");
+    store.cancel_run(t, cancelled.id).await.expect("cancel");
+    let (acked, _) = store
+        .create_run(t, &manual_run(j.id, now()), None)
+        .await
+        .expect("run");
+    let lease = store
+        .claim_shard(offered.shard, 1, "node-a")
+        .await
+        .expect("claim");
+    store
+        .ack_run(&lease, acked.id, "worker-1")
+        .await
+        .expect("ack")
+        .expect("queued");
+
+    let offers = store
+        .run_offers(
+            &lease,
+            &[offered.id, cancelled.id, acked.id, RunId::generate()],
+        )
+        .await
+        .expect("offers");
+    let ids: Vec<RunId> = offers.iter().map(|o| o.run_id).collect();
+    assert_eq!(
+        ids,
+        [offered.id],
+        "only the queued, uncancelled run is offered"
+    );
+    let offer = &offers[0];
+    assert_eq!(
+        (offer.job_id, offer.attempt, offer.fire_time),
+        (j.id, 1, offered.fire_time)
+    );
+    assert_eq!(
+        (&offer.image, &offer.command),
+        (&j.spec.image, &j.spec.command)
+    );
+    assert_eq!(
+        offer.env.vars().get("TOKEN").map(String::as_str),
+        Some("from-the-run")
+    );
+    assert!(
+        !format!("{offer:?}").contains("from-the-run"),
+        "env values stay out of logs"
+    );
+
+    // Another shard's lease sees none of it; a superseded lease is refused.
+    let other = store
+        .claim_shard(other_shard(offered.shard), 1, "node-a")
+        .await
+        .expect("claim");
+    assert!(
+        store
+            .run_offers(&other, &[offered.id])
+            .await
+            .expect("offers")
+            .is_empty()
+    );
+    store
+        .claim_shard(offered.shard, 2, "node-b")
+        .await
+        .expect("newer claim");
+    assert_fenced(
+        store.run_offers(&lease, &[offered.id]).await,
+        offered.shard,
+        1,
+    );
+}
+
+pub async fn cross_shard_reads_return_only_the_named_shards<S: Store + SchedulerStore>(store: &S) {
+    let t = tenant(store).await;
+    let j = job(store, t).await;
+    let due_at = now() + Duration::seconds(30);
+    let a = schedule_in(store, t, j.id, None, due_at, false).await;
+    let b = schedule_in(store, t, j.id, None, due_at, false).await;
+    let later = schedule_in(store, t, j.id, None, now() + Duration::days(2), false).await;
+    let until = now() + Duration::minutes(5);
+
+    let due = store
+        .due_schedules_across(&[a.shard], until, 100)
+        .await
+        .expect("due");
+    assert!(due.iter().all(|(shard, _)| *shard == a.shard));
+    assert!(due.iter().any(|(_, d)| d.id == a.id));
+    assert!(
+        due.iter().all(|(_, d)| d.id != later.id),
+        "not due within the horizon"
+    );
+    let both = store
+        .due_schedules_across(&[a.shard, b.shard], until, 100)
+        .await
+        .expect("due");
+    let ids: Vec<ScheduleId> = both.iter().map(|(_, d)| d.id).collect();
+    assert!(ids.contains(&a.id) && ids.contains(&b.id), "{ids:?}");
+    assert!(
+        store
+            .due_schedules_across(&[], until, 100)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+
+    let (queued, _) = store
+        .create_run(t, &manual_run(j.id, now()), None)
+        .await
+        .expect("run");
+    let found = store
+        .queued_runs_across(&[queued.shard], 100)
+        .await
+        .expect("queued");
+    assert_eq!(found, [(queued.shard, queued.id)]);
+    let elsewhere = store
+        .queued_runs_across(&[other_shard(queued.shard)], 100)
+        .await
+        .expect("queued");
+    assert!(elsewhere.iter().all(|(_, id)| *id != queued.id));
+}
+
+pub async fn committed_changes_are_followed_as_shard_hints<S: Store + SchedulerStore>(store: &S) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let follow = store.follow_changes(tx, stop.clone());
+    let check = async {
+        // Give LISTEN a moment to be in place before the change commits.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let t = tenant(store).await;
+        let j = job(store, t).await;
+        let s = schedule_in(store, t, j.id, None, now() + Duration::minutes(1), false).await;
+        let hint = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a hint within 10 s")
+            .expect("open");
+        assert_eq!(
+            (hint.kind, hint.shard),
+            (crate::ChangeKind::Schedule, s.shard)
+        );
+        let (run, _) = store
+            .create_run(t, &manual_run(j.id, now()), None)
+            .await
+            .expect("run");
+        let hint = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a hint within 10 s")
+            .expect("open");
+        assert_eq!(
+            (hint.kind, hint.shard),
+            (crate::ChangeKind::RunQueued, run.shard)
+        );
+        stop.cancel();
+    };
+    let (followed, ()) = tokio::join!(follow, check);
+    followed.expect("following ends cleanly on stop");
 }

@@ -63,6 +63,24 @@ pub fn update_job_draft(r: pb::UpdateJobRequest) -> JobDraft {
     }
 }
 
+/// Builds [`ScheduleFields`] from a create or update request (both carry the same fields).
+macro_rules! schedule_fields {
+    ($r:expr) => {
+        $crate::grpc::convert::ScheduleFields {
+            cron: $r.cron,
+            interval_seconds: $r.interval_seconds,
+            at: $r.at,
+            timezone: $r.timezone,
+            start_at: $r.start_at,
+            end_at: $r.end_at,
+            overlap_policy: $r.overlap_policy,
+            catchup_window_seconds: $r.catchup_window_seconds,
+            jitter_seconds: $r.jitter_seconds,
+        }
+    };
+}
+pub(crate) use schedule_fields;
+
 /// The schedule fields shared by create and update requests.
 pub struct ScheduleFields {
     pub cron: Option<String>,

@@ -131,18 +131,7 @@ impl JobService for Jobs {
         let result = async {
             let tenant = self.tenant(&request).await?;
             let r = request.into_inner();
-            let draft = convert::ScheduleFields {
-                cron: r.cron,
-                interval_seconds: r.interval_seconds,
-                at: r.at,
-                timezone: r.timezone,
-                start_at: r.start_at,
-                end_at: r.end_at,
-                overlap_policy: r.overlap_policy,
-                catchup_window_seconds: r.catchup_window_seconds,
-                jitter_seconds: r.jitter_seconds,
-            }
-            .into_draft()?;
+            let draft = convert::schedule_fields!(r).into_draft()?;
             let view = self
                 .0
                 .create_schedule(tenant, &r.job_id, draft, r.paused.unwrap_or(false))
@@ -198,18 +187,7 @@ impl JobService for Jobs {
         let result = async {
             let tenant = self.tenant(&request).await?;
             let r = request.into_inner();
-            let draft = convert::ScheduleFields {
-                cron: r.cron,
-                interval_seconds: r.interval_seconds,
-                at: r.at,
-                timezone: r.timezone,
-                start_at: r.start_at,
-                end_at: r.end_at,
-                overlap_policy: r.overlap_policy,
-                catchup_window_seconds: r.catchup_window_seconds,
-                jitter_seconds: r.jitter_seconds,
-            }
-            .into_draft()?;
+            let draft = convert::schedule_fields!(r).into_draft()?;
             Ok(convert::schedule(
                 &self
                     .0

@@ -324,15 +324,20 @@ pub(super) async fn ack_run(
     Ok(Some(assignment))
 }
 
-fn assignment(run: Run, job: Job, worker_id: &str) -> Result<Assignment> {
+/// The job's env overridden by the run's own (execute-now overrides).
+pub(super) fn merged_env(run: &Run, job: &Job) -> Result<Env> {
     let mut env: BTreeMap<String, String> = job.spec.env.vars().clone();
     env.extend(run.env.vars().iter().map(|(k, v)| (k.clone(), v.clone())));
-    let env = Env::parse(env).map_err(|e| {
+    Env::parse(env).map_err(|e| {
         StoreError::Corrupt(format!(
             "run {}: the job's env with the run's overrides is out of bounds: {e}",
             run.id
         ))
-    })?;
+    })
+}
+
+fn assignment(run: Run, job: Job, worker_id: &str) -> Result<Assignment> {
+    let env = merged_env(&run, &job)?;
     let started_at = run
         .started_at
         .ok_or_else(|| StoreError::Corrupt(format!("run {}: running without a start", run.id)))?;

@@ -2,16 +2,16 @@
 //! before the ack. Reads only; the ack (`dispatch.rs`) is the decision and re-checks
 //! everything under its conditional update.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
-use kairos_domain::{Env, JobId, RunId};
+use kairos_domain::{JobId, RunId};
 use uuid::Uuid;
 
 use super::{
     PgStore, fencing,
     rows::{JobRow, RunRow, job_columns, run_columns, shard_value},
 };
-use crate::{Job, Offer, Result, Run, ShardLease, StoreError};
+use crate::{Job, Offer, Result, Run, ShardLease};
 
 #[tracing::instrument(skip_all, fields(shard = lease.shard().get(), runs = run_ids.len()))]
 pub(super) async fn run_offers(
@@ -63,14 +63,7 @@ pub(super) async fn run_offers(
 }
 
 fn offer(run: Run, job: &Job) -> Result<Offer> {
-    let mut env: BTreeMap<String, String> = job.spec.env.vars().clone();
-    env.extend(run.env.vars().iter().map(|(k, v)| (k.clone(), v.clone())));
-    let env = Env::parse(env).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "run {}: the job's env with the run's overrides is out of bounds: {e}",
-            run.id
-        ))
-    })?;
+    let env = super::dispatch::merged_env(&run, job)?;
     Ok(Offer {
         run_id: run.id,
         job_id: run.job_id,
