@@ -20,18 +20,31 @@ const MEASURE_SECONDS: i64 = 20;
 const WARMUP_SECONDS: u64 = 8;
 
 fn kairos() -> PathBuf {
-    std::env::var_os("KAIROS_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/release/kairos"))
+    std::env::var_os("KAIROS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/release/kairos"))
 }
 
 fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
 }
 
 /// utime + stime of a process in seconds, and its RSS in MiB.
 fn cpu_and_rss(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     let cpu = (ticks(11) + ticks(12)) / 100.0; // fields 14 and 15 of /proc/pid/stat, USER_HZ = 100
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss_kib = status
@@ -58,7 +71,8 @@ async fn measure(rate: usize) -> Result<String> {
             ("RUST_LOG", "warn".to_owned()),
         ]),
     )?;
-    api.wait_http_ready(&format!("{http}/readyz"), Duration::from_secs(60)).await?;
+    api.wait_http_ready(&format!("{http}/readyz"), Duration::from_secs(60))
+        .await?;
     let scheduler = KairosProcess::spawn(
         &kairos(),
         &["scheduler"],
@@ -75,7 +89,12 @@ async fn measure(rate: usize) -> Result<String> {
             ("RUST_LOG", "warn".to_owned()),
         ]),
     )?;
-    scheduler.wait_http_ready(&format!("http://127.0.0.1:{sched_metrics}/readyz"), Duration::from_secs(60)).await?;
+    scheduler
+        .wait_http_ready(
+            &format!("http://127.0.0.1:{sched_metrics}/readyz"),
+            Duration::from_secs(60),
+        )
+        .await?;
     let _worker = KairosProcess::spawn(
         &kairos(),
         &["worker"],
@@ -93,7 +112,14 @@ async fn measure(rate: usize) -> Result<String> {
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     let client = reqwest::Client::new();
-    let tenant: Value = client.post(format!("{http}/v1/tenants")).bearer_auth(ADMIN).json(&json!({ "name": "bench" })).send().await?.json().await?;
+    let tenant: Value = client
+        .post(format!("{http}/v1/tenants"))
+        .bearer_auth(ADMIN)
+        .json(&json!({ "name": "bench" }))
+        .send()
+        .await?
+        .json()
+        .await?;
     let key = tenant["api_key"].as_str().context("api_key")?.to_owned();
     let job: Value = client
         .post(format!("{http}/v1/jobs"))
@@ -116,7 +142,9 @@ async fn measure(rate: usize) -> Result<String> {
     let pid = scheduler.pid().context("scheduler pid")?;
     tokio::time::sleep(Duration::from_secs(WARMUP_SECONDS)).await;
     let pool = sqlx::PgPool::connect(db.url()).await?;
-    let from: chrono_like::Ts = sqlx::query_scalar("SELECT date_trunc('second', now())").fetch_one(&pool).await?;
+    let from: chrono_like::Ts = sqlx::query_scalar("SELECT date_trunc('second', now())")
+        .fetch_one(&pool)
+        .await?;
     let (cpu0, _) = cpu_and_rss(pid);
     tokio::time::sleep(Duration::from_secs(MEASURE_SECONDS as u64 + 5)).await;
     let (cpu1, rss) = cpu_and_rss(pid);
@@ -157,9 +185,18 @@ mod chrono_like {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let rates: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let rates = if rates.is_empty() { vec![100, 1000] } else { rates };
-    println!("| fires/s | expected | runs | missed | duplicates | lag p50 ms | lag p99 ms | lag max ms | scheduler CPU | scheduler RSS MiB |");
+    let rates: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let rates = if rates.is_empty() {
+        vec![100, 1000]
+    } else {
+        rates
+    };
+    println!(
+        "| fires/s | expected | runs | missed | duplicates | lag p50 ms | lag p99 ms | lag max ms | scheduler CPU | scheduler RSS MiB |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for rate in rates {
         match measure(rate).await {
