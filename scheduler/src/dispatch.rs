@@ -8,7 +8,7 @@
 //! engine's), and it never writes for a shard without that shard's lease.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -66,13 +66,56 @@ struct Running {
     last_seen: Instant,
 }
 
+/// The `queued` runs waiting for a worker, in order, with an id set so that adding a run
+/// already waiting costs O(1) instead of a scan (the planner re-offers every queued run it sees).
+#[derive(Debug, Default)]
+struct ReadyQueue {
+    order: VecDeque<(ShardLease, RunId)>,
+    ids: HashSet<RunId>,
+}
+
+impl ReadyQueue {
+    fn contains(&self, run: &RunId) -> bool {
+        self.ids.contains(run)
+    }
+
+    fn push_back(&mut self, lease: ShardLease, run: RunId) {
+        if self.ids.insert(run) {
+            self.order.push_back((lease, run));
+        }
+    }
+
+    fn push_front(&mut self, lease: ShardLease, run: RunId) {
+        if self.ids.insert(run) {
+            self.order.push_front((lease, run));
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<(ShardLease, RunId)> {
+        let entry = self.order.pop_front()?;
+        self.ids.remove(&entry.1);
+        Some(entry)
+    }
+
+    fn drop_shard(&mut self, shard: ShardId) {
+        let ids = &mut self.ids;
+        self.order.retain(|(lease, run)| {
+            let keep = lease.shard() != shard;
+            if !keep {
+                ids.remove(run);
+            }
+            keep
+        });
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Leases of the shards this node owns, to record reports of runs it did not dispatch.
     leases: HashMap<ShardId, ShardLease>,
     next_session: u64,
     sessions: HashMap<u64, Session>,
-    ready: VecDeque<(ShardLease, RunId)>,
+    ready: ReadyQueue,
     awaiting: HashMap<RunId, Awaiting>,
     running: HashMap<RunId, Running>,
 }
@@ -108,9 +151,9 @@ impl Dispatcher {
         for run in runs {
             let known = state.awaiting.contains_key(&run)
                 || state.running.contains_key(&run)
-                || state.ready.iter().any(|(_, r)| *r == run);
+                || state.ready.contains(&run);
             if !known {
-                state.ready.push_back((lease.clone(), run));
+                state.ready.push_back(lease.clone(), run);
             }
         }
         drop(state);
@@ -137,13 +180,9 @@ impl Dispatcher {
     pub fn drop_shard(&self, shard: ShardId) {
         let mut state = self.state();
         state.leases.remove(&shard);
-        state.ready.retain(|(lease, _)| lease.shard() != shard);
+        state.ready.drop_shard(shard);
         state.awaiting.retain(|_, a| a.lease.shard() != shard);
         state.running.retain(|_, r| r.lease.shard() != shard);
-    }
-
-    pub fn ready_len(&self) -> usize {
-        self.state().ready.len()
     }
 
     /// Assigns ready runs to workers with credit until `stop`; also sweeps lost runs.
@@ -224,7 +263,7 @@ impl Dispatcher {
                     let mut state = self.state();
                     for (run, session) in &runs {
                         state.awaiting.remove(run);
-                        state.ready.push_back((lease.clone(), *run));
+                        state.ready.push_back(lease.clone(), *run);
                         if let Some(s) = state.sessions.get_mut(session) {
                             s.credit += 1;
                         }
@@ -256,7 +295,7 @@ impl Dispatcher {
                     let mut state = self.state();
                     if state.awaiting.get(&run).is_some_and(|a| !a.acking) {
                         state.awaiting.remove(&run);
-                        state.ready.push_front((lease.clone(), run));
+                        state.ready.push_front(lease.clone(), run);
                     }
                 }
             }
@@ -287,7 +326,7 @@ impl Dispatcher {
                 .collect();
             for id in &unacked {
                 if let Some(a) = state.awaiting.remove(id) {
-                    state.ready.push_back((a.lease, *id));
+                    state.ready.push_back(a.lease, *id);
                 }
             }
             (lost, unacked)
@@ -345,7 +384,7 @@ impl Dispatcher {
         if !ack.accept {
             let mut state = self.state();
             state.awaiting.remove(&run);
-            state.ready.push_front((lease, run));
+            state.ready.push_front(lease, run);
             drop(state);
             self.wake.notify_one();
             return;
@@ -478,7 +517,7 @@ impl Dispatcher {
             .collect();
         for id in back {
             if let Some(a) = state.awaiting.remove(&id) {
-                state.ready.push_front((a.lease, id));
+                state.ready.push_front(a.lease, id);
             }
         }
         drop(state);

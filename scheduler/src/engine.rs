@@ -200,7 +200,9 @@ impl Engine {
                         claiming.remove(&shard);
                         if !fenced {
                             // Let another node (or this one, later) try: nothing was fired.
-                            let _ = self.coordinator.release(shard).await;
+                            if let Err(e) = self.coordinator.release(shard).await {
+                                tracing::warn!(shard = shard.get(), error = %e, "cannot release an unfenced shard; it frees up with the lease");
+                            }
                         }
                     }
                     EngineInput::Planned { shard, runs } => {
@@ -276,7 +278,9 @@ impl Engine {
                 self.metrics.shards_owned.set(owned.len() as i64);
                 if matches!(event, OwnershipEvent::Released { .. }) {
                     // Nothing is in flight for it any more: hand it over.
-                    let _ = self.coordinator.release(shard).await;
+                    if let Err(e) = self.coordinator.release(shard).await {
+                        tracing::warn!(shard = shard.get(), error = %e, "cannot hand the shard off; the coordinator releases it after its grace");
+                    }
                     tracing::info!(shard = shard.get(), "shard handed off");
                 } else {
                     tracing::warn!(shard = shard.get(), "shard lost; stopped firing it");

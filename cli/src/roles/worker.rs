@@ -48,17 +48,12 @@ pub struct WorkerArgs {
     pub drain_grace_seconds: u64,
 }
 
-/// A default id: the hostname plus a random suffix, so restarts on one host do not collide.
+/// A default node or worker id: the host name plus a per-process random suffix.
 pub fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    let host = if host.is_empty() {
-        "kairos".to_owned()
-    } else {
-        host
-    };
-    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok());
+    kairos_scheduler::coordinator::default_node_id(host)
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {

@@ -180,8 +180,9 @@ impl CoordinatorConfig {
     }
 }
 
-/// `{host}-{random hex}`: unique per process even when pods share a host name.
-fn default_node_id(host: Option<String>) -> String {
+/// `{host}-{random hex}`: unique per process even when pods share a host name. Also the
+/// default worker id (`kairos worker`).
+pub fn default_node_id(host: Option<String>) -> String {
     use std::hash::{BuildHasher, Hasher};
     let host = host
         .map(|host| host.trim().replace('/', "-"))
