@@ -391,6 +391,8 @@ impl Dispatcher {
         }
         let start = match self.store.ack_run(&lease, run, worker_id).await {
             Ok(Some(_)) => {
+                // Crash point for tests: the run is `running`, its worker was never told to start.
+                fail::fail_point!("scheduler::after_ack", |_| std::process::abort());
                 let mut state = self.state();
                 state.awaiting.remove(&run);
                 state.running.insert(
@@ -462,6 +464,8 @@ impl Dispatcher {
         };
         match self.store.finish_run(&lease, run, &outcome).await {
             Ok(done) => {
+                // Crash point for tests: the end is recorded, the worker still holds its report.
+                fail::fail_point!("scheduler::after_finish", |_| std::process::abort());
                 if done.applied {
                     self.metrics.runs_finished.inc();
                     tracing::info!(run_id = %run, shard = lease.shard().get(), state = %done.state, "run finished");

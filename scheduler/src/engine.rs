@@ -320,21 +320,69 @@ impl Engine {
             let Some(state) = owned.get(&shard) else {
                 continue;
             };
-            let (lease, store, dispatcher, metrics) = (
-                state.lease.clone(),
-                self.store.clone(),
-                self.dispatcher.clone(),
-                self.metrics.clone(),
-            );
-            self.tasks.spawn(async move {
-                match store.queue_runs(&lease, &runs).await {
-                    Ok(queued) => {
-                        metrics.runs_queued.inc_by(queued.len() as u64);
-                        dispatcher.enqueue(&lease, queued);
-                    }
-                    Err(e) => tracing::warn!(shard = shard.get(), error = %e, "cannot queue due runs; the shard's next owner or planner round will"),
+            let queue = QueueDue {
+                lease: state.lease.clone(),
+                store: self.store.clone(),
+                coordinator: self.coordinator.clone(),
+                dispatcher: self.dispatcher.clone(),
+                metrics: self.metrics.clone(),
+                wakers: self.wakers.clone(),
+            };
+            self.tasks.spawn(queue.run(runs));
+        }
+    }
+}
+
+/// Moves one shard's due runs to `queued` and hands them to dispatch.
+///
+/// A failed write (the database restarting, a network blip) is retried with backoff for as
+/// long as the shard stays ours under the same lease and the node's lease is valid: these
+/// runs are `scheduled` in the store, and no planner round would look at them again (their
+/// schedule's `next_fire_at` is past them), so giving up here would lose the fire until the
+/// shard changes hands (I2). Once the shard is not ours any more, its next owner's recovery
+/// fires them; a fenced write means that owner exists.
+struct QueueDue {
+    lease: ShardLease,
+    store: Arc<dyn SchedulerStore>,
+    coordinator: Arc<dyn Coordinator>,
+    dispatcher: Dispatcher,
+    metrics: Metrics,
+    wakers: Wakers,
+}
+
+impl QueueDue {
+    async fn run(self, runs: Vec<RunId>) {
+        let shard = self.lease.shard();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.store.queue_runs(&self.lease, &runs).await {
+                Ok(queued) => {
+                    self.metrics.runs_queued.inc_by(queued.len() as u64);
+                    self.dispatcher.enqueue(&self.lease, queued);
+                    return;
                 }
-            });
+                Err(kairos_store::StoreError::Fenced { .. }) => {
+                    tracing::info!(
+                        shard = shard.get(),
+                        "due runs fenced off: the shard has a newer owner, which fires them"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(shard = shard.get(), runs = runs.len(), error = %e, retry_in = ?backoff, "cannot queue due runs; retrying");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            let still_ours = self.wakers.lock().get(&shard) == Some(&self.lease);
+            if !still_ours || !self.coordinator.lease_valid() {
+                tracing::info!(
+                    shard = shard.get(),
+                    runs = runs.len(),
+                    "shard no longer ours; its next owner's recovery fires the due runs"
+                );
+                return;
+            }
         }
     }
 }
@@ -408,6 +456,10 @@ async fn materialize(
 ) {
     match store.materialize(lease, fires).await {
         Ok(runs) => {
+            // Crash point for tests: the fires are committed, nothing in memory knows them yet.
+            if runs.iter().any(|r| r.created) {
+                fail::fail_point!("scheduler::after_materialize", |_| std::process::abort());
+            }
             metrics
                 .fires_materialized
                 .inc_by(runs.iter().filter(|r| r.created).count() as u64);

@@ -51,6 +51,8 @@ pub async fn run(
     store: Arc<dyn SchedulerStore>,
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {
+    // Arms the crash points named in `FAILPOINTS` (only in builds with the `failpoints` feature).
+    let _crash_points = fail::FailScenario::setup();
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
         .map_err(|source| SchedulerError::Bind {

@@ -88,6 +88,17 @@ pub async fn etcd() -> anyhow::Result<TestEtcd> {
     })
 }
 
+/// Returns an etcd of the caller's own (never the shared one), which it may
+/// [`stop`](TestEtcd::stop) and [`start`](TestEtcd::start) again.
+pub async fn owned_etcd() -> anyhow::Result<TestEtcd> {
+    let owned = OwnedEtcd::start_fresh().await?;
+    Ok(TestEtcd {
+        endpoints: vec![owned.client_url()],
+        key_prefix: format!("/kairos-test/{}/", uuid::Uuid::new_v4().simple()),
+        owned: Some(owned),
+    })
+}
+
 impl TestEtcd {
     /// Client URLs (`http://127.0.0.1:PORT`).
     pub fn endpoints(&self) -> Vec<String> {

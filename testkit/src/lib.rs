@@ -25,13 +25,15 @@ mod ports;
 mod postgres;
 mod postgres_server;
 mod process;
+mod proxy;
 mod reaper;
 mod shutdown;
 
-pub use etcd::{TestEtcd, etcd};
+pub use etcd::{TestEtcd, etcd, owned_etcd};
 pub use ports::free_port;
-pub use postgres::{TestDatabase, database};
+pub use postgres::{TestDatabase, TestPostgres, database, dedicated_postgres};
 pub use process::KairosProcess;
+pub use proxy::TcpProxy;
 
 /// Environment variable naming an admin URL of a Postgres server to create test databases on.
 pub const DATABASE_URL_ENV: &str = "KAIROS_TEST_DATABASE_URL";

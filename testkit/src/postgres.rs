@@ -1,4 +1,5 @@
-//! Hands each test a fresh, empty, uniquely named Postgres database; never applies migrations or touches other databases.
+//! Hands each test a fresh, empty, uniquely named Postgres database, or a server of its own to
+//! stop and start; never applies migrations or touches other databases.
 
 use std::time::Duration;
 
@@ -82,6 +83,48 @@ pub async fn database() -> anyhow::Result<TestDatabase> {
             .admin_url()
             .to_owned(),
     };
+    create_database(admin_url).await
+}
+
+/// A Postgres server of one test's own (never the shared one), which the test may stop and
+/// start again to check what survives a database restart. Stopped and removed when the test
+/// process exits.
+#[derive(Debug)]
+pub struct TestPostgres {
+    server: postgres_server::PgServer,
+}
+
+/// Starts a dedicated throwaway Postgres server on a free loopback port.
+pub async fn dedicated_postgres() -> anyhow::Result<TestPostgres> {
+    let server = postgres_server::start()
+        .await
+        .context("starting a dedicated Postgres server")?;
+    Ok(TestPostgres { server })
+}
+
+impl TestPostgres {
+    /// URL of the server's `postgres` database as the superuser.
+    pub fn admin_url(&self) -> &str {
+        self.server.admin_url()
+    }
+
+    /// A fresh, empty database on this server.
+    pub async fn database(&self) -> anyhow::Result<TestDatabase> {
+        create_database(self.admin_url().to_owned()).await
+    }
+
+    /// Stops the server (fast shutdown: open sessions end), keeping its port and data.
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        self.server.stop().await
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    pub async fn start(&self) -> anyhow::Result<()> {
+        self.server.start().await
+    }
+}
+
+async fn create_database(admin_url: String) -> anyhow::Result<TestDatabase> {
     let name = format!("kairos_test_{}", uuid::Uuid::new_v4().simple());
     let url = with_database(&admin_url, &name)?;
 

@@ -1,4 +1,5 @@
-//! Starts one throwaway Postgres server per test process in a temporary directory; never touches a server it did not start.
+//! Starts throwaway Postgres servers in temporary directories: one shared per test process, and
+//! dedicated ones a test may stop and start again; never touches a server it did not start.
 //!
 //! The server listens on a free `127.0.0.1` port with its unix socket inside
 //! the temporary directory, runs with `fsync=off`, trusts local connections
@@ -22,16 +23,45 @@ const START_ATTEMPTS: usize = 5;
 /// Seconds `pg_ctl` waits for the server to accept connections.
 const START_TIMEOUT_SECONDS: &str = "60";
 
-/// A running throwaway server, alive until the process exits.
+/// A throwaway server; it runs until stopped or until the test process exits.
 #[derive(Debug)]
 pub(crate) struct PgServer {
     admin_url: String,
+    run_as: RunAs,
+    data: PathBuf,
+    log: PathBuf,
+    options: String,
 }
 
 impl PgServer {
     /// URL of the `postgres` database as the `postgres` superuser.
     pub(crate) fn admin_url(&self) -> &str {
         &self.admin_url
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`: sessions are ended, the data stays).
+    pub(crate) async fn stop(&self) -> anyhow::Result<()> {
+        let stopped = self
+            .run_as
+            .command(&postgres_bin_dir().join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-m", "fast", "stop"])
+            .output()
+            .await
+            .context("running pg_ctl stop")?;
+        check(&stopped, "pg_ctl stop")
+    }
+
+    /// Starts the stopped server again on the same port and data directory.
+    pub(crate) async fn start(&self) -> anyhow::Result<()> {
+        let started = pg_ctl_start(self.run_as, &self.data, &self.log, &self.options).await?;
+        check(&started, "pg_ctl start").with_context(|| {
+            format!(
+                "server log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            )
+        })
     }
 }
 
@@ -42,7 +72,8 @@ pub(crate) async fn shared() -> anyhow::Result<&'static PgServer> {
     SERVER.get_or_try_init(start).await
 }
 
-async fn start() -> anyhow::Result<PgServer> {
+/// A new throwaway server of its own, stopped and removed when the process exits.
+pub(crate) async fn start() -> anyhow::Result<PgServer> {
     let bin_dir = postgres_bin_dir();
     let run_as = RunAs::detect()?;
     let dir = tempfile::Builder::new()
@@ -95,21 +126,14 @@ async fn start() -> anyhow::Result<PgServer> {
              -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
             sockets = sockets.display(),
         );
-        let started = run_as
-            .command(&pg_ctl)
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(&log)
-            .args(["-w", "-t", START_TIMEOUT_SECONDS, "-o"])
-            .arg(options)
-            .arg("start")
-            .output()
-            .await
-            .context("running pg_ctl start")?;
+        let started = pg_ctl_start(run_as, &data, &log, &options).await?;
         if started.status.success() {
             return Ok(PgServer {
                 admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+                run_as,
+                data,
+                log,
+                options,
             });
         }
         let server_log = std::fs::read_to_string(&log).unwrap_or_default();
@@ -127,6 +151,26 @@ async fn start() -> anyhow::Result<PgServer> {
         .context(format!(
             "Postgres did not start after {START_ATTEMPTS} ports"
         )))
+}
+
+async fn pg_ctl_start(
+    run_as: RunAs,
+    data: &Path,
+    log: &Path,
+    options: &str,
+) -> anyhow::Result<Output> {
+    run_as
+        .command(&postgres_bin_dir().join("pg_ctl"))
+        .arg("-D")
+        .arg(data)
+        .arg("-l")
+        .arg(log)
+        .args(["-w", "-t", START_TIMEOUT_SECONDS, "-o"])
+        .arg(options)
+        .arg("start")
+        .output()
+        .await
+        .context("running pg_ctl start")
 }
 
 /// Directory holding `initdb` and `pg_ctl`: the newest Debian-style

@@ -402,7 +402,9 @@ impl Driver {
     /// True when some etcd work waits for `retry_at`.
     fn pending_work(&self) -> bool {
         if self.lease.is_none() {
-            return true;
+            // Registering again waits on etcd, which may be unreachable for long: first let the
+            // core take every event of the old lease (its `Lost`s), so it learns at once.
+            return self.outbox.is_empty();
         }
         if self.lease_id().is_none() {
             // Lost: handled by `on_lease_change` or `on_timer`, not by etcd work.
