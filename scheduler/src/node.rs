@@ -92,10 +92,13 @@ pub async fn run(
             )
             .await
     });
-    tasks.spawn(dispatcher.clone().run(stop_serving.clone()));
-
     let (coordinator, ownership) = EtcdCoordinator::start(config.coordinator.clone()).await?;
     let coordinator: Arc<dyn Coordinator> = Arc::new(coordinator);
+    tasks.spawn(
+        dispatcher
+            .clone()
+            .run(coordinator.clone(), stop_serving.clone()),
+    );
     tracing::info!(node_id = %config.coordinator.node_id, grpc = %grpc_addr, "scheduler node started");
 
     let wakers = Wakers::default();
@@ -116,9 +119,16 @@ pub async fn run(
         }
     });
     let hint_wakers = wakers.clone();
+    let hint_dispatcher = dispatcher.clone();
     tasks.spawn(async move {
         while let Some(change) = changes.recv().await {
-            hint_wakers.wake(change.shard);
+            // A queued run the API named goes straight to dispatch; anything else re-plans.
+            let offered = change.run.is_some_and(|(run, fire_time)| {
+                hint_dispatcher.enqueue_announced(change.shard, run, fire_time)
+            });
+            if !offered {
+                hint_wakers.wake(change.shard);
+            }
         }
     });
 

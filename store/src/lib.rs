@@ -29,7 +29,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Channel on which a committed change to a schedule is announced; the payload is the shard.
 /// Postgres delivers NOTIFY only on commit and folds identical ones within a transaction.
 pub const SCHEDULE_CHANGES_CHANNEL: &str = "kairos_schedule_changes";
-/// Channel on which a committed `queued` run (execute now, trigger) is announced; payload: shard.
+/// Channel on which a committed `queued` run is announced; payload: the shard, then (execute
+/// now, trigger) the run id and its fire time in microseconds.
 pub const RUNS_QUEUED_CHANNEL: &str = "kairos_runs_queued";
 
 /// Everything the API needs from storage. Implementations: [`PgStore`] (SQLite comes with

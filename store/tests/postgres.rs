@@ -239,9 +239,15 @@ async fn committed_changes_are_announced_on_their_channels_with_the_shard() {
     );
 
     let run = manual(j, Utc::now());
-    let run_shard = run.shard.get().to_string();
-    store.create_run(t, &run, None).await.expect("run");
-    assert_eq!(next().await, (RUNS_QUEUED_CHANNEL.to_owned(), run_shard));
+    let (created, _) = store.create_run(t, &run, None).await.expect("run");
+    // A queued run is named with its fire time, so its shard's owner offers it without a scan.
+    let expected = format!(
+        "{} {} {}",
+        run.shard.get(),
+        created.id,
+        created.fire_time.timestamp_micros()
+    );
+    assert_eq!(next().await, (RUNS_QUEUED_CHANNEL.to_owned(), expected));
 
     let change = ScheduleChange {
         spec,

@@ -5,6 +5,7 @@
 mod dispatch;
 mod events;
 mod fencing;
+mod firing;
 mod jobs;
 mod listen;
 mod offers;
@@ -27,10 +28,10 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::{
-    Assignment, DueSchedule, FinishedRun, Job, Materialize, MaterializedRun, NewApiKey, NewRun,
-    NewSchedule, Offer, Page, PartitionReport, PendingRun, Result, Run, RunEvent, RunFilter,
-    RunLogs, RunOutcome, Schedule, ScheduleChange, SchedulerStore, ShardChange, ShardLease, Store,
-    Tenant,
+    AckedRuns, Assignment, DueRun, DueSchedule, FinishedRun, FinishedRuns, FiredRuns, Job,
+    LeasedRun, Materialize, MaterializedRun, NewApiKey, NewRun, NewSchedule, Offer, Page,
+    PartitionReport, PendingRun, Result, Run, RunAck, RunEvent, RunFilter, RunLogs, RunOutcome,
+    RunReport, Schedule, ScheduleChange, SchedulerStore, ShardChange, ShardLease, Store, Tenant,
 };
 
 pub use partitions::DEFAULT_RETENTION_DAYS;
@@ -225,12 +226,28 @@ impl SchedulerStore for PgStore {
         &self,
         shards: &[ShardId],
         limit: u32,
-    ) -> Result<Vec<(ShardId, RunId)>> {
+    ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
         planning::queued_runs_across(self, shards, limit).await
     }
 
     async fn run_offers(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<Offer>> {
         offers::run_offers(self, lease, run_ids).await
+    }
+
+    async fn offers_across(&self, runs: &[LeasedRun], upcoming: bool) -> Result<Vec<Offer>> {
+        offers::offers_across(self, runs, upcoming).await
+    }
+
+    async fn fire_runs(&self, due: &[DueRun]) -> Result<FiredRuns> {
+        firing::fire_runs(self, due).await
+    }
+
+    async fn ack_runs(&self, acks: &[RunAck]) -> Result<AckedRuns> {
+        firing::ack_runs(self, acks).await
+    }
+
+    async fn finish_runs(&self, reports: &[RunReport]) -> Result<FinishedRuns> {
+        firing::finish_runs(self, reports).await
     }
 
     async fn follow_changes(

@@ -332,7 +332,7 @@ pub(super) async fn queued_runs_across(
     store: &PgStore,
     shards: &[ShardId],
     limit: u32,
-) -> Result<Vec<(ShardId, RunId)>> {
+) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
     if limit == 0 || shards.is_empty() {
         return Ok(Vec::new());
     }
@@ -340,8 +340,8 @@ pub(super) async fn queued_runs_across(
         .iter()
         .map(|s| shard_value(*s))
         .collect::<Result<_>>()?;
-    let rows: Vec<(i16, Uuid)> = sqlx::query_as(
-        "SELECT shard, id FROM runs
+    let rows: Vec<(i16, Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT shard, id, fire_time FROM runs
          WHERE shard = ANY($1) AND state = 'queued' AND NOT cancel_requested
          ORDER BY fire_time, id
          LIMIT $2",
@@ -351,14 +351,14 @@ pub(super) async fn queued_runs_across(
     .fetch_all(store.pool())
     .await?;
     rows.into_iter()
-        .map(|(shard, id)| {
+        .map(|(shard, id, fire_time)| {
             let shard = u16::try_from(shard)
                 .ok()
                 .and_then(ShardId::new)
                 .ok_or_else(|| {
                     StoreError::Corrupt(format!("run {id}: shard {shard} out of range"))
                 })?;
-            Ok((shard, RunId::from_uuid(id)))
+            Ok((shard, RunId::from_uuid(id), fire_time))
         })
         .collect()
 }

@@ -120,7 +120,8 @@ pub(super) async fn create(
     )
     .await?;
     if run.state == RunState::Queued {
-        tx.notify(RUNS_QUEUED_CHANNEL, run.shard).await?;
+        tx.notify_queued_run(run.shard, run.id, run.fire_time)
+            .await?;
     }
     tx.commit().await?;
     Ok((run, true))
