@@ -57,6 +57,10 @@ pub struct StackOptions {
     pub lease_ttl_seconds: u64,
     pub lookahead_ms: u64,
     pub horizon_seconds: u64,
+    /// Instead of a `kairos worker`, an in-process synthetic worker that takes every run and
+    /// reports it succeeded at once: measures the scheduler and the store without the cost of
+    /// starting processes.
+    pub synthetic_worker: bool,
 }
 
 impl Default for StackOptions {
@@ -67,6 +71,7 @@ impl Default for StackOptions {
             lease_ttl_seconds: 10,
             lookahead_ms: 1000,
             horizon_seconds: 10,
+            synthetic_worker: false,
         }
     }
 }
@@ -79,7 +84,9 @@ pub struct Stack {
     pub client: reqwest::Client,
     pub api: KairosProcess,
     pub schedulers: Vec<KairosProcess>,
-    pub worker: KairosProcess,
+    pub worker: Option<KairosProcess>,
+    /// Stops the synthetic workers, if any.
+    pub synthetic: tokio_util::sync::CancellationToken,
     pub pool: sqlx::PgPool,
     pub db: TestDatabase,
     pub etcd: TestEtcd,
@@ -105,8 +112,11 @@ impl Stack {
         api.wait_http_ready(&format!("{http}/readyz"), Duration::from_secs(60))
             .await?;
         let mut schedulers = Vec::new();
+        let mut grpc_urls = Vec::new();
         for i in 0..options.schedulers {
             let metrics = free_port();
+            let grpc_port = free_port();
+            grpc_urls.push(format!("http://127.0.0.1:{grpc_port}"));
             let node = KairosProcess::spawn(
                 &kairos(),
                 &["scheduler"],
@@ -115,7 +125,7 @@ impl Stack {
                     ("KAIROS_ETCD_ENDPOINTS", etcd.endpoints().join(",")),
                     ("KAIROS_ETCD_PREFIX", etcd.key_prefix().to_owned()),
                     ("KAIROS_NODE_ID", format!("bench-sched-{i}")),
-                    ("KAIROS_GRPC_ADDR", format!("127.0.0.1:{}", free_port())),
+                    ("KAIROS_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
                     ("KAIROS_METRICS_ADDR", format!("127.0.0.1:{metrics}")),
                     ("KAIROS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
                     (
@@ -138,19 +148,31 @@ impl Stack {
             .await?;
             schedulers.push(node);
         }
-        let worker = KairosProcess::spawn(
-            &kairos(),
-            &["worker"],
-            &env(&[
-                ("KAIROS_ETCD_ENDPOINTS", etcd.endpoints().join(",")),
-                ("KAIROS_ETCD_PREFIX", etcd.key_prefix().to_owned()),
-                ("KAIROS_WORKER_ID", "bench-worker".to_owned()),
-                ("KAIROS_WORKER_SLOTS", options.worker_slots.to_string()),
-                ("KAIROS_RUNTIME", "process".to_owned()),
-                ("KAIROS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
-                ("RUST_LOG", "warn".to_owned()),
-            ]),
-        )?;
+        let synthetic = tokio_util::sync::CancellationToken::new();
+        let worker = if options.synthetic_worker {
+            for url in grpc_urls {
+                tokio::spawn(synthetic::worker(
+                    url,
+                    options.worker_slots as u32,
+                    synthetic.clone(),
+                ));
+            }
+            None
+        } else {
+            Some(KairosProcess::spawn(
+                &kairos(),
+                &["worker"],
+                &env(&[
+                    ("KAIROS_ETCD_ENDPOINTS", etcd.endpoints().join(",")),
+                    ("KAIROS_ETCD_PREFIX", etcd.key_prefix().to_owned()),
+                    ("KAIROS_WORKER_ID", "bench-worker".to_owned()),
+                    ("KAIROS_WORKER_SLOTS", options.worker_slots.to_string()),
+                    ("KAIROS_RUNTIME", "process".to_owned()),
+                    ("KAIROS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
+                    ("RUST_LOG", "warn".to_owned()),
+                ]),
+            )?)
+        };
         let client = reqwest::Client::new();
         let tenant: Value = client
             .post(format!("{http}/v1/tenants"))
@@ -172,6 +194,7 @@ impl Stack {
             api,
             schedulers,
             worker,
+            synthetic,
             pool,
             db,
             etcd,
@@ -242,6 +265,116 @@ impl Stack {
             done??;
         }
         Ok(())
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.synthetic.cancel();
+    }
+}
+
+/// The synthetic worker: speaks `WorkerService` like `kairos worker`, but takes every offer and
+/// reports each started run succeeded at once, without starting anything.
+mod synthetic {
+    use std::collections::HashMap;
+
+    use kairos_proto::v1::{
+        SchedulerMessage, WorkerMessage, scheduler_message, worker_message,
+        worker_service_client::WorkerServiceClient,
+    };
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tokio_util::sync::CancellationToken;
+
+    use super::WORKER_TOKEN;
+
+    fn message(kind: worker_message::Kind) -> WorkerMessage {
+        WorkerMessage { kind: Some(kind) }
+    }
+
+    pub(super) async fn worker(url: String, slots: u32, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            if let Err(e) = session(&url, slots, &stop).await {
+                eprintln!("synthetic worker: {url}: {e:#}; reconnecting");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn session(url: &str, slots: u32, stop: &CancellationToken) -> anyhow::Result<()> {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+            .connect()
+            .await?;
+        let mut client = WorkerServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel::<WorkerMessage>(65_536);
+        tx.send(message(worker_message::Kind::Hello(
+            worker_message::Hello {
+                worker_id: "synthetic".to_owned(),
+                slots,
+                ..Default::default()
+            },
+        )))
+        .await?;
+        tx.send(message(worker_message::Kind::Credit(
+            worker_message::Credit {
+                slots,
+                cached_images: Vec::new(),
+            },
+        )))
+        .await?;
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {WORKER_TOKEN}").parse()?);
+        let mut inbound = client.connect(request).await?.into_inner();
+        // Runs offered and not yet ended, with their shard.
+        let mut held: HashMap<String, u32> = HashMap::new();
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                m = inbound.message() => m?,
+            };
+            let Some(SchedulerMessage { kind: Some(kind) }) = next else {
+                anyhow::bail!("stream closed");
+            };
+            match kind {
+                scheduler_message::Kind::Assignment(a) => {
+                    held.insert(a.run_id.clone(), a.shard);
+                    tx.send(message(worker_message::Kind::Ack(worker_message::Ack {
+                        run_id: a.run_id,
+                        accept: true,
+                    })))
+                    .await?;
+                }
+                scheduler_message::Kind::AckResult(r) => {
+                    let Some(shard) = held.remove(&r.run_id) else {
+                        continue;
+                    };
+                    if r.start {
+                        tx.send(message(worker_message::Kind::Report(
+                            worker_message::Report {
+                                run_id: r.run_id,
+                                state: "succeeded".to_owned(),
+                                exit_code: Some(0),
+                                shard,
+                                ..Default::default()
+                            },
+                        )))
+                        .await?;
+                    }
+                    let free = slots.saturating_sub(held.len() as u32);
+                    tx.send(message(worker_message::Kind::Credit(
+                        worker_message::Credit {
+                            slots: free,
+                            cached_images: Vec::new(),
+                        },
+                    )))
+                    .await?;
+                }
+                scheduler_message::Kind::ReportAck(_) | scheduler_message::Kind::Cancel(_) => {}
+            }
+        }
     }
 }
 

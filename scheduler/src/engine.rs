@@ -27,6 +27,9 @@ use crate::{
     wheel::{TimerHandle, TimingWheel},
 };
 
+/// Most fires recorded by one planning transaction.
+const MATERIALIZE_CHUNK: usize = 5000;
+
 /// Settings of planning and firing.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -425,11 +428,23 @@ async fn plan(
                             MAX_FIRES_PER_ROUND,
                         ));
                     }
+                    // One transaction per chunk of fires, across shards.
+                    let mut chunk: Vec<(ShardLease, Vec<Materialize>)> = Vec::new();
+                    let mut size = 0;
                     for (shard, fires) in by_shard {
                         let Some(lease) = leases.get(&shard) else {
                             continue;
                         };
-                        materialize(store.as_ref(), &metrics, lease, &fires, &engine).await;
+                        size += fires.len();
+                        chunk.push((lease.clone(), fires));
+                        if size >= MATERIALIZE_CHUNK {
+                            materialize(store.as_ref(), &metrics, &chunk, &engine).await;
+                            chunk.clear();
+                            size = 0;
+                        }
+                    }
+                    if !chunk.is_empty() {
+                        materialize(store.as_ref(), &metrics, &chunk, &engine).await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "planning scan failed; retrying next round"),
@@ -456,40 +471,45 @@ async fn plan(
 async fn materialize(
     store: &dyn SchedulerStore,
     metrics: &Metrics,
-    lease: &ShardLease,
-    fires: &[Materialize],
+    batches: &[(ShardLease, Vec<Materialize>)],
     engine: &mpsc::Sender<EngineInput>,
 ) {
-    match store.materialize(lease, fires).await {
-        Ok(runs) => {
+    match store.materialize_across(batches).await {
+        Ok(done) => {
             // Crash point for tests: the fires are committed, nothing in memory knows them yet.
-            if runs.iter().any(|r| r.created) {
+            if done.runs.iter().any(|(_, r)| r.created) {
                 fail::fail_point!("scheduler::after_materialize", |_| std::process::abort());
             }
             metrics
                 .fires_materialized
-                .inc_by(runs.iter().filter(|r| r.created).count() as u64);
+                .inc_by(done.runs.iter().filter(|(_, r)| r.created).count() as u64);
             metrics.fires_missed.inc_by(
-                runs.iter()
-                    .filter(|r| r.created && r.state == RunState::Skipped)
+                done.runs
+                    .iter()
+                    .filter(|(_, r)| r.created && r.state == RunState::Skipped)
                     .count() as u64,
             );
-            let scheduled: Vec<_> = runs
-                .iter()
-                .filter(|r| r.state == RunState::Scheduled)
-                .map(|r| (r.id, r.fire_time))
-                .collect();
-            if !scheduled.is_empty() {
-                let _ = engine
-                    .send(EngineInput::Planned {
-                        shard: lease.shard(),
-                        runs: scheduled,
-                    })
-                    .await;
+            let mut scheduled: HashMap<ShardId, Vec<(RunId, DateTime<Utc>)>> = HashMap::new();
+            for (shard, r) in &done.runs {
+                if r.state == RunState::Scheduled {
+                    scheduled
+                        .entry(*shard)
+                        .or_default()
+                        .push((r.id, r.fire_time));
+                }
+            }
+            for (shard, runs) in scheduled {
+                let _ = engine.send(EngineInput::Planned { shard, runs }).await;
+            }
+            if !done.fenced.is_empty() {
+                tracing::info!(
+                    shards = done.fenced.len(),
+                    "fires of shards with a newer owner left to it"
+                );
             }
         }
         Err(e) => {
-            tracing::warn!(shard = lease.shard().get(), error = %e, "materialize failed; retrying next round")
+            tracing::warn!(shards = batches.len(), error = %e, "materialize failed; retrying next round")
         }
     }
 }

@@ -60,6 +60,7 @@ macro_rules! scheduler_store_conformance_suite {
             a_fire_starts_the_runs_a_worker_holds_unless_cancelled_or_changed,
             batched_acks_and_reports_span_shards_and_record_a_repeated_report_once,
             upcoming_offers_include_scheduled_runs,
+            materializing_across_shards_writes_the_current_leases_only,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1714,4 +1715,61 @@ pub async fn upcoming_offers_include_scheduled_runs<S: Store + SchedulerStore>(s
         (offer.run_id, offer.tenant_id, offer.shard),
         (ids[0], w.tenant, w.schedule.shard)
     );
+}
+
+pub async fn materializing_across_shards_writes_the_current_leases_only<
+    S: Store + SchedulerStore,
+>(
+    store: &S,
+) {
+    let w = world(store).await;
+    let (s2, lease2) = second_shard(store, &w).await;
+    let (s3, lease3) = {
+        let shard = other_shard(lease2.shard());
+        let first = now() + Duration::minutes(1);
+        let schedule = schedule_in(store, w.tenant, w.job.id, Some(shard), first, false).await;
+        let lease = store.claim_shard(shard, 1, "node-a").await.expect("claim");
+        (schedule, lease)
+    };
+    let fires_of = |s: &Schedule| -> Vec<Materialize> {
+        fire_times(s, 2)
+            .into_iter()
+            .map(|t| fire(s, t, FireState::Scheduled))
+            .collect()
+    };
+    // The third shard moves on; a fire filed under the wrong lease is not this lease's.
+    store
+        .claim_shard(lease3.shard(), 2, "node-b")
+        .await
+        .expect("newer claim");
+    let mut misfiled = fires_of(&s2);
+    misfiled.truncate(1);
+    let batches = vec![
+        (w.lease.clone(), fires_of(&w.schedule)),
+        (lease2.clone(), fires_of(&s2)),
+        (lease3.clone(), fires_of(&s3)),
+        (w.lease.clone(), misfiled),
+    ];
+    let done = store
+        .materialize_across(&batches)
+        .await
+        .expect("materialize");
+    assert_eq!(done.fenced, [lease3.shard()]);
+    let mut by_shard: BTreeMap<u16, usize> = BTreeMap::new();
+    for (shard, run) in &done.runs {
+        assert!(run.created);
+        *by_shard.entry(shard.get()).or_default() += 1;
+    }
+    assert_eq!(
+        by_shard,
+        BTreeMap::from([(w.lease.shard().get(), 2), (lease2.shard().get(), 2)]),
+        "two fires for each current lease; none for the superseded one"
+    );
+    let third = store.get_schedule(w.tenant, s3.id).await.expect("get");
+    assert_eq!(
+        third.next_fire_at, s3.next_fire_at,
+        "nothing of the third shard moved"
+    );
+    let second = store.get_schedule(w.tenant, s2.id).await.expect("get");
+    assert_eq!(second.next_fire_at, Some(fire_times(&s2, 3)[2]));
 }

@@ -120,6 +120,15 @@ pub struct MaterializedRun {
     pub created: bool,
 }
 
+/// What [`SchedulerStore::materialize_across`] recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaterializedAcross {
+    /// The run of every fire kept, with its shard, in fire order.
+    pub runs: Vec<(ShardId, MaterializedRun)>,
+    /// Shards whose lease was superseded: nothing of theirs was written.
+    pub fenced: Vec<ShardId>,
+}
+
 /// A non-terminal run of a shard, as recovery and dispatch see it.
 #[derive(Debug, Clone)]
 pub struct PendingRun {
@@ -335,6 +344,13 @@ pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
         lease: &ShardLease,
         fires: &[Materialize],
     ) -> Result<Vec<MaterializedRun>>;
+
+    /// [`Self::materialize`] for the fires of many shards in one transaction; the fires of a
+    /// superseded lease are left and its shard reported.
+    async fn materialize_across(
+        &self,
+        batches: &[(ShardLease, Vec<Materialize>)],
+    ) -> Result<MaterializedAcross>;
 
     /// Every `scheduled`, `queued` and `running` run of the shard, by fire time (recovery, I2).
     async fn shard_pending_runs(&self, lease: &ShardLease) -> Result<Vec<PendingRun>>;

@@ -4,7 +4,11 @@
 //! Postgres: lag from fire time to the worker holding the run (`started_at - fire_time`) p50,
 //! p99 and max, missed and duplicated fires, and the scheduler's CPU and RSS.
 //!
-//! Run: `cargo build --release -p kairos-cli -p kairos-bench && target/release/fire_lag [RATE...]`
+//! With `--synthetic`, an in-process synthetic worker takes every run and reports it at once
+//! instead of `kairos worker` starting processes: the scheduler and the store alone.
+//!
+//! Run: `cargo build --release -p kairos-cli -p kairos-bench &&
+//! target/release/fire_lag [--synthetic] [RATE...]`
 //! A measurement, not a test: it never asserts, and it must never target anything but loopback.
 
 use std::time::Duration;
@@ -19,10 +23,11 @@ const WARMUP_SECONDS: u64 = 8;
 
 type Ts = sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc>;
 
-async fn measure(rate: usize) -> Result<String> {
+async fn measure(rate: usize, synthetic_worker: bool) -> Result<String> {
     let stack = Stack::start(&StackOptions {
         // Runs offered ahead hold a slot from the look-ahead (1 s) on.
         worker_slots: (rate * 2).max(512),
+        synthetic_worker,
         ..StackOptions::default()
     })
     .await?;
@@ -71,8 +76,13 @@ async fn measure(rate: usize) -> Result<String> {
     let expected = rate as i64 * MEASURE_SECONDS;
     let missed = (expected - (runs - duplicates)).max(0);
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |s| format!("{:.1}", s * 1000.0));
+    let worker = if synthetic_worker {
+        "synthetic"
+    } else {
+        "process"
+    };
     Ok(format!(
-        "| {rate} | {expected} | {runs} | {started} | {missed} | {duplicates} | {} | {} | {} | {:.0} % | {:.0} |",
+        "| {rate} | {worker} | {expected} | {runs} | {started} | {missed} | {duplicates} | {} | {} | {} | {:.0} % | {:.0} |",
         ms(p50),
         ms(p99),
         ms(max),
@@ -83,10 +93,9 @@ async fn measure(rate: usize) -> Result<String> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let rates: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let synthetic = args.iter().any(|a| a == "--synthetic");
+    let rates: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let rates = if rates.is_empty() {
         vec![100, 1000]
     } else {
@@ -94,11 +103,11 @@ async fn main() -> Result<()> {
     };
     println!("machine: {}", machine());
     println!(
-        "| fires/s | expected | runs | started | missed | duplicates | lag p50 ms | lag p99 ms | lag max ms | scheduler CPU | scheduler RSS MiB |"
+        "| fires/s | worker | expected | runs | started | missed | duplicates | lag p50 ms | lag p99 ms | lag max ms | scheduler CPU | scheduler RSS MiB |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for rate in rates {
-        match measure(rate).await {
+        match measure(rate, synthetic).await {
             Ok(line) => println!("{line}"),
             Err(e) => println!("| {rate} | failed: {e:#} |"),
         }

@@ -29,9 +29,10 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::{
     AckedRuns, Assignment, DueRun, DueSchedule, FinishedRun, FinishedRuns, FiredRuns, Job,
-    LeasedRun, Materialize, MaterializedRun, NewApiKey, NewRun, NewSchedule, Offer, Page,
-    PartitionReport, PendingRun, Result, Run, RunAck, RunEvent, RunFilter, RunLogs, RunOutcome,
-    RunReport, Schedule, ScheduleChange, SchedulerStore, ShardChange, ShardLease, Store, Tenant,
+    LeasedRun, Materialize, MaterializedAcross, MaterializedRun, NewApiKey, NewRun, NewSchedule,
+    Offer, Page, PartitionReport, PendingRun, Result, Run, RunAck, RunEvent, RunFilter, RunLogs,
+    RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore, ShardChange, ShardLease,
+    Store, Tenant,
 };
 
 pub use partitions::DEFAULT_RETENTION_DAYS;
@@ -277,6 +278,13 @@ impl SchedulerStore for PgStore {
         fires: &[Materialize],
     ) -> Result<Vec<MaterializedRun>> {
         planning::materialize(self, lease, fires).await
+    }
+
+    async fn materialize_across(
+        &self,
+        batches: &[(ShardLease, Vec<Materialize>)],
+    ) -> Result<MaterializedAcross> {
+        planning::materialize_across(self, batches).await
     }
 
     async fn shard_pending_runs(&self, lease: &ShardLease) -> Result<Vec<PendingRun>> {
