@@ -87,7 +87,9 @@ pub async fn run(
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                // Nagle off: an ack or assignment is a small frame that must not wait for the
+                // peer's delayed ACK (40 ms on Linux).
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
                 grpc_stop.cancelled_owned(),
             )
             .await

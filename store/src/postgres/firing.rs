@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::PgStore;
 use super::dispatch::parse_state;
 use super::events::{self, Transition};
-use super::fencing::{self, FencedBatch};
+use super::fencing;
 use crate::{
     AckedRuns, DueRun, FinishedRun, FinishedRuns, FiredRuns, LeasedRun, Result, RunAck, RunReport,
     StoreError, cap_log_tail,
@@ -59,6 +59,14 @@ fn check_worker_id(worker_id: &str) -> Result<()> {
 
 /// Whether a run may start now: no cancel requested, its schedule (if any) still at the run's
 /// version, its job not deleted. Shared by the fire and the ack, so both refuse alike.
+///
+/// The schedule and job are read, not locked: the run's row lock orders a start against an
+/// edit. Every schedule edit, pause or delete (and every job delete) cancels the runs it
+/// obsoletes in its own transaction, so it either cancelled the run before the start locked it
+/// (the start sees `cancelled` and leaves it), or it waits for the start's commit and then
+/// finds the run running, which it leaves: the start committed first, so I4 holds. Locking the
+/// schedules here would instead make every start wait behind the planner, which holds them
+/// while it records their fires.
 macro_rules! startable {
     () => {
         "(NOT r.cancel_requested
@@ -67,30 +75,6 @@ macro_rules! startable {
                 WHERE s.id = r.schedule_id AND s.version = r.schedule_version))
           AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = r.job_id AND j.deleted_at IS NULL))"
     };
-}
-
-/// Locks the schedules of the batch's runs `FOR SHARE` (in id order; schedules before runs,
-/// as every writer does), so a schedule edit either committed first (the version moved and
-/// the start is refused) or waits for this transaction and then sees the runs running.
-async fn lock_schedules(
-    batch: &mut FencedBatch,
-    ids: &[Uuid],
-    range: (DateTime<Utc>, DateTime<Utc>),
-) -> Result<()> {
-    sqlx::query(
-        "SELECT id FROM schedules
-         WHERE id IN (SELECT schedule_id FROM runs
-                      WHERE id = ANY($1) AND fire_time >= $2 AND fire_time <= $3
-                        AND schedule_id IS NOT NULL)
-         ORDER BY id
-         FOR SHARE",
-    )
-    .bind(ids)
-    .bind(range.0)
-    .bind(range.1)
-    .execute(batch.tx.conn())
-    .await?;
-    Ok(())
 }
 
 /// Fires due runs; see [`crate::SchedulerStore::fire_runs`].
@@ -120,9 +104,6 @@ pub(super) async fn fire_runs(store: &PgStore, due: &[DueRun]) -> Result<FiredRu
     let workers: Vec<Option<&str>> = live.iter().map(|d| d.worker_id.as_deref()).collect();
     let range = fire_range(live.iter().map(|d| &d.run));
     let shards = batch.shard_values()?;
-    if workers.iter().any(Option::is_some) {
-        lock_schedules(&mut batch, &ids, range).await?;
-    }
     // Rows are locked first (in id order), so a run moved concurrently (a cancel) is
     // re-checked against `scheduled` and left alone.
     let moved: Vec<(Uuid, Uuid, DateTime<Utc>, bool)> = sqlx::query_as(concat!(
@@ -208,7 +189,6 @@ pub(super) async fn ack_runs(store: &PgStore, acks: &[RunAck]) -> Result<AckedRu
     let shards = batch.shard_values()?;
     let mut started = Vec::new();
     if !live.is_empty() {
-        lock_schedules(&mut batch, &ids, range).await?;
         let moved: Vec<(Uuid, Uuid, DateTime<Utc>)> = sqlx::query_as(concat!(
             "WITH input AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[]) AS i(id, worker_id)
