@@ -125,7 +125,9 @@ impl ClientBuilder {
     pub fn build(self) -> Result<Client, Error> {
         let key = self.api_key.ok_or_else(|| Error::Config {
             field: "api_key",
-            reason: "no API key given".to_owned(),
+            reason:
+                "no API key given (the builder's api_key, KAIROS_API_KEY, or the credentials file)"
+                    .to_owned(),
         })?;
         let auth = BearerAuth::new(&key, "api_key")?;
         let transport = Transport::lazy(&self.endpoint, self.options)?;
@@ -181,6 +183,13 @@ impl Client {
             builder = builder.api_key(key.clone());
         }
         builder.build()
+    }
+
+    /// A client configured the way the `kairos` CLI is: `KAIROS_ENDPOINT` and
+    /// `KAIROS_API_KEY`, then the credentials file for what they leave out
+    /// ([`crate::credentials::from_env`]), then [`DEFAULT_ENDPOINT`].
+    pub fn from_env() -> Result<Client, Error> {
+        Self::from_credentials(&crate::credentials::from_env()?)
     }
 
     /// The endpoint URL this client calls.

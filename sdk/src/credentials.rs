@@ -212,6 +212,41 @@ impl Credentials {
     }
 }
 
+/// The endpoint and key to use: those given (`endpoint`, `api_key`: a flag or a variable,
+/// already merged by the caller), and for what is missing, the credentials file at `file`.
+/// The file is read only when something is missing; a missing file is no error. The endpoint
+/// may still be `None` (then [`DEFAULT_ENDPOINT`](crate::DEFAULT_ENDPOINT) applies).
+pub fn resolve(
+    endpoint: Option<String>,
+    api_key: Option<ApiKey>,
+    file: &Path,
+) -> Result<Credentials, CredentialsError> {
+    let endpoint = endpoint.filter(|e| !e.trim().is_empty());
+    let api_key = api_key.filter(|k| !k.is_empty());
+    if endpoint.is_some() && api_key.is_some() {
+        return Ok(Credentials { endpoint, api_key });
+    }
+    let stored = Credentials::load(file)?.unwrap_or_default();
+    Ok(Credentials {
+        endpoint: endpoint.or(stored.endpoint),
+        api_key: api_key.or(stored.api_key),
+    })
+}
+
+/// [`resolve`] from this process's environment: `KAIROS_ENDPOINT`, `KAIROS_API_KEY`, then the
+/// file at [`default_path`] (which is not needed when both variables are set).
+pub fn from_env() -> Result<Credentials, CredentialsError> {
+    let var = |name| std::env::var(name).ok();
+    let (endpoint, api_key) = (
+        var("KAIROS_ENDPOINT"),
+        var("KAIROS_API_KEY").map(ApiKey::new),
+    );
+    if endpoint.is_some() && api_key.is_some() {
+        return Ok(Credentials { endpoint, api_key });
+    }
+    resolve(endpoint, api_key, &default_path()?)
+}
+
 /// The credentials file's path from this process's environment (see the module docs).
 pub fn default_path() -> Result<PathBuf, CredentialsError> {
     path_from(|name| std::env::var_os(name))
@@ -388,6 +423,31 @@ mod tests {
         let c = Credentials::parse("endpoint=http://h:1\n").unwrap();
         assert_eq!(c.endpoint.as_deref(), Some("http://h:1"));
         assert_eq!(Credentials::parse(&c.render()).unwrap(), c);
+    }
+
+    #[test]
+    fn given_values_win_and_the_file_fills_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        Credentials::new("http://stored:1", "kairos_stored")
+            .save(&path)
+            .unwrap();
+        let both = resolve(Some("http://given:2".into()), Some("k_given".into()), &path).unwrap();
+        assert_eq!(both, Credentials::new("http://given:2", "k_given"));
+        let key_only = resolve(None, Some("k_given".into()), &path).unwrap();
+        assert_eq!(key_only, Credentials::new("http://stored:1", "k_given"));
+        let neither = resolve(Some(" ".into()), None, &path).unwrap();
+        assert_eq!(
+            neither,
+            Credentials::new("http://stored:1", "kairos_stored")
+        );
+        // No file: what was given, nothing more.
+        let none = resolve(None, Some("k".into()), &dir.path().join("absent")).unwrap();
+        assert_eq!(none.endpoint, None);
+        // Both given: a broken file is never read.
+        fs::write(&path, "garbage\n").unwrap();
+        assert!(resolve(Some("http://g:1".into()), Some("k".into()), &path).is_ok());
+        assert!(resolve(None, None, &path).is_err());
     }
 
     #[test]
