@@ -15,7 +15,7 @@ use tonic::{
 use crate::{
     ApiKey, BearerAuth, Error, RetryPolicy,
     error::causes,
-    retry::{CallKind, never_sent},
+    retry::{CallKind, connect_error},
 };
 
 /// The generated `JobService` client with the bearer interceptor, for calls this crate does
@@ -256,17 +256,7 @@ impl From<Failure> for Error {
 
 /// The causes of a connection that could not be opened, if that is what the status says.
 fn connect_reason(status: &Status) -> Option<String> {
-    if !never_sent(status) {
-        return None;
-    }
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if e.is::<tonic::ConnectError>() {
-            return Some(causes(e));
-        }
-        source = e.source();
-    }
-    None
+    connect_error(status).map(causes)
 }
 
 /// The channel, its URL and options, shared by [`Client`] and [`crate::AdminClient`].

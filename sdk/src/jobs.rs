@@ -11,6 +11,40 @@ use kairos_proto::v1::{
 
 use crate::{Client, Error, Page, ResultStream, pages::paginate, retry::CallKind};
 
+/// The setters a new job and a job update share: the create and update requests name these
+/// fields alike.
+macro_rules! limit_setters {
+    () => {
+        /// The memory limit in MiB (at most 1024).
+        pub fn memory_mb(mut self, mb: i32) -> Self {
+            self.0.memory_mb = Some(mb);
+            self
+        }
+
+        /// The wall-clock limit of one run (at most 24 h), in whole seconds.
+        pub fn timeout(mut self, timeout: Duration) -> Self {
+            self.0.timeout_seconds = Some(seconds(timeout));
+            self
+        }
+
+        /// Retry a failed run: `max_attempts` in all, the first wait `initial_backoff`,
+        /// doubling up to `max_backoff` (whole seconds). On an update it replaces the policy.
+        pub fn retry(
+            mut self,
+            max_attempts: i32,
+            initial_backoff: Duration,
+            max_backoff: Duration,
+        ) -> Self {
+            self.0.retry = Some(RetryPolicy {
+                max_attempts: Some(max_attempts),
+                initial_backoff_seconds: Some(seconds(initial_backoff)),
+                max_backoff_seconds: Some(seconds(max_backoff)),
+            });
+            self
+        }
+    };
+}
+
 /// A job to create: `NewJob::new(name, image)` plus what differs from the defaults
 /// (the image's own command, no env, 256 MiB, 1 hour, no retry).
 ///
@@ -60,33 +94,7 @@ impl NewJob {
         self
     }
 
-    /// The memory limit in MiB (at most 1024).
-    pub fn memory_mb(mut self, mb: i32) -> Self {
-        self.0.memory_mb = Some(mb);
-        self
-    }
-
-    /// The wall-clock limit of one run (at most 24 h), in whole seconds.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.0.timeout_seconds = Some(i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX));
-        self
-    }
-
-    /// Retry a failed run: `max_attempts` in all, the first wait `initial_backoff`, doubling up
-    /// to `max_backoff` (whole seconds).
-    pub fn retry(
-        mut self,
-        max_attempts: i32,
-        initial_backoff: Duration,
-        max_backoff: Duration,
-    ) -> Self {
-        self.0.retry = Some(RetryPolicy {
-            max_attempts: Some(max_attempts),
-            initial_backoff_seconds: Some(seconds(initial_backoff)),
-            max_backoff_seconds: Some(seconds(max_backoff)),
-        });
-        self
-    }
+    limit_setters!();
 }
 
 impl From<NewJob> for CreateJobRequest {
@@ -157,32 +165,7 @@ impl JobUpdate {
         self
     }
 
-    /// A new memory limit in MiB.
-    pub fn memory_mb(mut self, mb: i32) -> Self {
-        self.0.memory_mb = Some(mb);
-        self
-    }
-
-    /// A new wall-clock limit of one run, in whole seconds.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.0.timeout_seconds = Some(i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX));
-        self
-    }
-
-    /// Replaces the whole retry policy.
-    pub fn retry(
-        mut self,
-        max_attempts: i32,
-        initial_backoff: Duration,
-        max_backoff: Duration,
-    ) -> Self {
-        self.0.retry = Some(RetryPolicy {
-            max_attempts: Some(max_attempts),
-            initial_backoff_seconds: Some(seconds(initial_backoff)),
-            max_backoff_seconds: Some(seconds(max_backoff)),
-        });
-        self
-    }
+    limit_setters!();
 }
 
 impl From<JobUpdate> for UpdateJobRequest {

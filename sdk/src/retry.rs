@@ -96,17 +96,22 @@ impl CallKind {
     }
 }
 
-/// True when the status comes from failing to open the connection (tonic's `ConnectError`
-/// in its source chain): the request never left the client.
-pub(crate) fn never_sent(status: &Status) -> bool {
+/// The connection error behind a status that comes from failing to open the connection
+/// (tonic's `ConnectError` in its source chain): the request never left the client.
+pub(crate) fn connect_error(status: &Status) -> Option<&(dyn std::error::Error + 'static)> {
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {
         if e.is::<tonic::ConnectError>() {
-            return true;
+            return Some(e);
         }
         source = e.source();
     }
-    false
+    None
+}
+
+/// True when the request provably never left the client.
+pub(crate) fn never_sent(status: &Status) -> bool {
+    connect_error(status).is_some()
 }
 
 #[cfg(test)]

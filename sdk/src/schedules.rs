@@ -18,6 +18,48 @@ fn whole_seconds(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
+/// The setters a new schedule and a schedule update share: the create and update requests
+/// name these fields alike.
+macro_rules! spec_setters {
+    () => {
+        /// The IANA time zone the cron pattern is read in (default `UTC`).
+        pub fn timezone(mut self, zone: impl Into<String>) -> Self {
+            self.0.timezone = Some(zone.into());
+            self
+        }
+
+        /// No fire before this time.
+        pub fn start_at(mut self, t: DateTime<Utc>) -> Self {
+            self.0.start_at = Some(timestamp(t));
+            self
+        }
+
+        /// No fire after this time.
+        pub fn end_at(mut self, t: DateTime<Utc>) -> Self {
+            self.0.end_at = Some(timestamp(t));
+            self
+        }
+
+        /// What a fire does while the previous run is still going (default `skip`).
+        pub fn overlap_policy(mut self, policy: OverlapPolicy) -> Self {
+            self.0.overlap_policy = Some(policy.as_str().to_owned());
+            self
+        }
+
+        /// How late a missed fire may still run (default 900 s).
+        pub fn catchup_window(mut self, window: Duration) -> Self {
+            self.0.catchup_window_seconds = Some(whole_seconds(window));
+            self
+        }
+
+        /// A random delay of up to this much per fire (default none).
+        pub fn jitter(mut self, jitter: Duration) -> Self {
+            self.0.jitter_seconds = Some(whole_seconds(jitter));
+            self
+        }
+    };
+}
+
 /// A schedule to attach to a job: one cadence constructor, then what differs from the defaults
 /// (UTC, no bounds, overlap `skip`, 900 s catch-up window, no jitter, not paused).
 ///
@@ -67,41 +109,7 @@ impl NewSchedule {
         })
     }
 
-    /// The IANA time zone the cron pattern is read in (default `UTC`).
-    pub fn timezone(mut self, zone: impl Into<String>) -> Self {
-        self.0.timezone = Some(zone.into());
-        self
-    }
-
-    /// No fire before this time.
-    pub fn start_at(mut self, t: DateTime<Utc>) -> Self {
-        self.0.start_at = Some(timestamp(t));
-        self
-    }
-
-    /// No fire after this time.
-    pub fn end_at(mut self, t: DateTime<Utc>) -> Self {
-        self.0.end_at = Some(timestamp(t));
-        self
-    }
-
-    /// What a fire does while the previous run is still going (default `skip`).
-    pub fn overlap_policy(mut self, policy: OverlapPolicy) -> Self {
-        self.0.overlap_policy = Some(policy.as_str().to_owned());
-        self
-    }
-
-    /// How late a missed fire may still run (default 900 s).
-    pub fn catchup_window(mut self, window: Duration) -> Self {
-        self.0.catchup_window_seconds = Some(whole_seconds(window));
-        self
-    }
-
-    /// A random delay of up to this much per fire (default none).
-    pub fn jitter(mut self, jitter: Duration) -> Self {
-        self.0.jitter_seconds = Some(whole_seconds(jitter));
-        self
-    }
+    spec_setters!();
 
     /// Create it paused (it fires only once resumed).
     pub fn paused(mut self, paused: bool) -> Self {
@@ -156,41 +164,7 @@ impl ScheduleUpdate {
         self
     }
 
-    /// A new time zone.
-    pub fn timezone(mut self, zone: impl Into<String>) -> Self {
-        self.0.timezone = Some(zone.into());
-        self
-    }
-
-    /// A new start bound.
-    pub fn start_at(mut self, t: DateTime<Utc>) -> Self {
-        self.0.start_at = Some(timestamp(t));
-        self
-    }
-
-    /// A new end bound.
-    pub fn end_at(mut self, t: DateTime<Utc>) -> Self {
-        self.0.end_at = Some(timestamp(t));
-        self
-    }
-
-    /// A new overlap policy.
-    pub fn overlap_policy(mut self, policy: OverlapPolicy) -> Self {
-        self.0.overlap_policy = Some(policy.as_str().to_owned());
-        self
-    }
-
-    /// A new catch-up window.
-    pub fn catchup_window(mut self, window: Duration) -> Self {
-        self.0.catchup_window_seconds = Some(whole_seconds(window));
-        self
-    }
-
-    /// A new jitter.
-    pub fn jitter(mut self, jitter: Duration) -> Self {
-        self.0.jitter_seconds = Some(whole_seconds(jitter));
-        self
-    }
+    spec_setters!();
 }
 
 impl From<ScheduleUpdate> for UpdateScheduleRequest {
