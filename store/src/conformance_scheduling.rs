@@ -61,6 +61,7 @@ macro_rules! scheduler_store_conformance_suite {
             batched_acks_and_reports_span_shards_and_record_a_repeated_report_once,
             upcoming_offers_include_scheduled_runs,
             materializing_across_shards_writes_the_current_leases_only,
+            cancel_requests_of_running_runs_are_read_across_shards,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1772,4 +1773,47 @@ pub async fn materializing_across_shards_writes_the_current_leases_only<
     );
     let second = store.get_schedule(w.tenant, s2.id).await.expect("get");
     assert_eq!(second.next_fire_at, Some(fire_times(&s2, 3)[2]));
+}
+
+pub async fn cancel_requests_of_running_runs_are_read_across_shards<S: Store + SchedulerStore>(
+    store: &S,
+) {
+    let w = world(store).await;
+    let ids = scheduled_runs(store, &w, 3).await;
+    queue(store, &w.lease, &ids).await;
+    for id in &ids[..2] {
+        store
+            .ack_run(&w.lease, *id, "worker-1")
+            .await
+            .expect("ack")
+            .expect("started");
+    }
+    assert!(
+        store
+            .cancel_requested_across(&[w.lease.shard()], 100)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    let asked = store.cancel_run(w.tenant, ids[0]).await.expect("cancel");
+    assert_eq!(
+        asked.state,
+        RunState::Running,
+        "a running run is asked, not moved"
+    );
+    assert!(asked.cancel_requested);
+    // A queued run's cancel is immediate: nothing for a worker to stop.
+    store.cancel_run(w.tenant, ids[2]).await.expect("cancel");
+    let found = store
+        .cancel_requested_across(&[w.lease.shard(), other_shard(w.lease.shard())], 100)
+        .await
+        .expect("read");
+    assert_eq!(found, [(w.lease.shard(), ids[0], asked.fire_time)]);
+    assert!(
+        store
+            .cancel_requested_across(&[other_shard(w.lease.shard())], 100)
+            .await
+            .expect("read")
+            .is_empty()
+    );
 }

@@ -267,6 +267,8 @@ pub enum ChangeKind {
     Schedule,
     /// A run was queued directly (execute now, trigger, backfill).
     RunQueued,
+    /// A cancel was asked for a running run: its worker must stop it.
+    CancelRequested,
 }
 
 /// How a run ended, as its worker (or the scheduler) reports it.
@@ -406,6 +408,14 @@ pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
         until: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<(ShardId, DueSchedule)>>;
+
+    /// Running runs of several shards whose cancel was asked, with their fire times (a read:
+    /// the safety net behind the cancel hint).
+    async fn cancel_requested_across(
+        &self,
+        shards: &[ShardId],
+        limit: u32,
+    ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>>;
 
     /// Queued, not cancel-requested runs of several shards with their fire times, oldest
     /// first (a read).

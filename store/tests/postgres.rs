@@ -10,8 +10,9 @@ use kairos_domain::{
     TenantName, Trigger,
 };
 use kairos_store::{
-    FireState, Materialize, NewApiKey, NewRun, NewSchedule, PgStore, RUNS_QUEUED_CHANNEL,
-    SCHEDULE_CHANGES_CHANNEL, Schedule, ScheduleChange, SchedulerStore, Store, StoreError,
+    FireState, Materialize, NewApiKey, NewRun, NewSchedule, PgStore, RUNS_CANCEL_CHANNEL,
+    RUNS_QUEUED_CHANNEL, SCHEDULE_CHANGES_CHANNEL, Schedule, ScheduleChange, SchedulerStore, Store,
+    StoreError,
 };
 use kairos_testkit::TestDatabase;
 use sqlx::postgres::PgListener;
@@ -204,7 +205,11 @@ async fn committed_changes_are_announced_on_their_channels_with_the_shard() {
     let (store, db) = pg().await;
     let mut listener = PgListener::connect(db.url()).await.expect("listener");
     listener
-        .listen_all([SCHEDULE_CHANGES_CHANNEL, RUNS_QUEUED_CHANNEL])
+        .listen_all([
+            SCHEDULE_CHANGES_CHANNEL,
+            RUNS_QUEUED_CHANNEL,
+            RUNS_CANCEL_CHANNEL,
+        ])
         .await
         .expect("listen");
     let mut next = async || {
@@ -247,7 +252,23 @@ async fn committed_changes_are_announced_on_their_channels_with_the_shard() {
         created.id,
         created.fire_time.timestamp_micros()
     );
-    assert_eq!(next().await, (RUNS_QUEUED_CHANNEL.to_owned(), expected));
+    assert_eq!(
+        next().await,
+        (RUNS_QUEUED_CHANNEL.to_owned(), expected.clone())
+    );
+
+    // A cancel asked for the run once it runs names it to its shard's owner.
+    let lease = store
+        .claim_shard(run.shard, 1, "node-a")
+        .await
+        .expect("claim");
+    store
+        .ack_run(&lease, created.id, "worker-1")
+        .await
+        .expect("ack")
+        .expect("started");
+    store.cancel_run(t, created.id).await.expect("cancel");
+    assert_eq!(next().await, (RUNS_CANCEL_CHANNEL.to_owned(), expected));
 
     let change = ScheduleChange {
         spec,

@@ -131,6 +131,7 @@ impl Dispatcher {
                         id,
                         Running {
                             run: ack.run,
+                            session: Some(session),
                             last_seen: now,
                         },
                     );

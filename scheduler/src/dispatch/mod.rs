@@ -82,6 +82,8 @@ struct Awaiting {
 #[derive(Debug)]
 struct Running {
     run: LeasedRun,
+    /// The stream of the worker running it; `None` for a run found running on a claim.
+    session: Option<u64>,
     last_seen: Instant,
 }
 
@@ -246,8 +248,42 @@ impl Dispatcher {
         for (id, fire_time) in runs {
             state.running.entry(id).or_insert(Running {
                 run: leased(lease, id, fire_time),
+                session: None,
                 last_seen: Instant::now(),
             });
+        }
+    }
+
+    /// A cancel was asked for a running run of an owned shard: its worker is told to stop it
+    /// (and reports it `cancelled`). A run found running on a claim, whose worker is not
+    /// known yet, is named to every connected worker; the others ignore it.
+    pub async fn cancel_running(&self, shard: ShardId, run: RunId) {
+        let targets: Vec<mpsc::Sender<Result<SchedulerMessage, Status>>> = {
+            let state = self.state();
+            if !state.leases.contains_key(&shard) {
+                return;
+            }
+            let Some(running) = state.running.get(&run) else {
+                return;
+            };
+            match running.session {
+                Some(session) => state
+                    .sessions
+                    .get(&session)
+                    .map(|s| s.tx.clone())
+                    .into_iter()
+                    .collect(),
+                None => state.sessions.values().map(|s| s.tx.clone()).collect(),
+            }
+        };
+        tracing::info!(run_id = %run, shard = shard.get(), "asking the worker to stop a cancelled run");
+        let message = SchedulerMessage {
+            kind: Some(scheduler_message::Kind::Cancel(scheduler_message::Cancel {
+                run_id: run.to_string(),
+            })),
+        };
+        for tx in targets {
+            let _ = tx.send(Ok(message.clone())).await;
         }
     }
 

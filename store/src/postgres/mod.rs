@@ -231,6 +231,14 @@ impl SchedulerStore for PgStore {
         planning::queued_runs_across(self, shards, limit).await
     }
 
+    async fn cancel_requested_across(
+        &self,
+        shards: &[ShardId],
+        limit: u32,
+    ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
+        planning::cancel_requested_across(self, shards, limit).await
+    }
+
     async fn run_offers(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<Offer>> {
         offers::run_offers(self, lease, run_ids).await
     }

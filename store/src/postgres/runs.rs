@@ -15,7 +15,8 @@ use super::rows::{RunRow, convert, page_of, push_keyset, run_columns, shard_valu
 use super::tx::Tx;
 use super::{PgStore, jobs, schedules};
 use crate::{
-    NewRun, Page, RUNS_QUEUED_CHANNEL, Result, Run, RunFilter, RunLogs, Schedule, StoreError,
+    NewRun, Page, RUNS_CANCEL_CHANNEL, RUNS_QUEUED_CHANNEL, Result, Run, RunFilter, RunLogs,
+    Schedule, StoreError,
 };
 
 /// Longest idempotency key accepted (it is part of a btree primary key).
@@ -120,7 +121,7 @@ pub(super) async fn create(
     )
     .await?;
     if run.state == RunState::Queued {
-        tx.notify_queued_run(run.shard, run.id, run.fire_time)
+        tx.notify_run(RUNS_QUEUED_CHANNEL, run.shard, run.id, run.fire_time)
             .await?;
     }
     tx.commit().await?;
@@ -299,7 +300,11 @@ pub(super) async fn cancel(store: &PgStore, tenant: TenantId, id: RunId) -> Resu
             .bind(fire_time)
             .fetch_one(tx.conn())
             .await?;
-            Run::try_from(row)?
+            let run = Run::try_from(row)?;
+            // The shard's scheduler tells the run's worker to stop it (it reports `cancelled`).
+            tx.notify_run(RUNS_CANCEL_CHANNEL, run.shard, run.id, run.fire_time)
+                .await?;
+            run
         }
         from if from.can_move_to(RunState::Cancelled) => {
             let row: RunRow = sqlx::query_as(concat!(
