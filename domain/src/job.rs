@@ -311,6 +311,26 @@ impl RetryPolicy {
     pub const fn max_backoff_seconds(&self) -> u32 {
         self.max_backoff_seconds
     }
+
+    /// Whether a run that failed at `attempt` gets another one.
+    pub const fn retries_after(&self, attempt: u32) -> bool {
+        attempt < self.max_attempts
+    }
+
+    /// How long after attempt `attempt` failed the next one is due: exponential backoff with
+    /// jitter. The base doubles per attempt from `initial_backoff_seconds` and stops at
+    /// `max_backoff_seconds`; the delay is the base times a factor in `[0.5, 1.5)` drawn from
+    /// `seed` (a hash of the failed run's id, so it is stable), kept within
+    /// `[initial_backoff_seconds, max_backoff_seconds]`. Whole milliseconds.
+    pub fn backoff(&self, attempt: u32, seed: u64) -> std::time::Duration {
+        let initial = u64::from(self.initial_backoff_seconds) * 1000;
+        let max = u64::from(self.max_backoff_seconds) * 1000;
+        let doublings = attempt.saturating_sub(1).min(40);
+        let base = initial.saturating_mul(1u64 << doublings).min(max);
+        let factor = 0.5 + crate::stable_hash::unit_interval(seed);
+        let jittered = (base as f64 * factor) as u64;
+        std::time::Duration::from_millis(jittered.clamp(initial, max))
+    }
 }
 
 /// Unchecked retry settings; absent fields take the defaults.
@@ -462,6 +482,51 @@ impl JobDraft {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn retry(max_attempts: i64, initial: i64, max: i64) -> RetryPolicy {
+        RetryDraft {
+            max_attempts: Some(max_attempts),
+            initial_backoff_seconds: Some(initial),
+            max_backoff_seconds: Some(max),
+        }
+        .parse()
+        .unwrap()
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stays_between_initial_and_max() {
+        let policy = retry(10, 10, 300);
+        for seed in 0..2_000u64 {
+            for attempt in 1..=10 {
+                let delay = policy.backoff(attempt, seed).as_millis() as u64;
+                assert!((10_000..=300_000).contains(&delay), "{attempt}: {delay}");
+                let base = (10_000u64 << (attempt - 1)).min(300_000);
+                assert!(delay >= base / 2 && delay <= base * 3 / 2, "{attempt}: {delay} vs {base}");
+            }
+        }
+        // The same failed run always waits the same; different runs spread out.
+        assert_eq!(policy.backoff(3, 42), policy.backoff(3, 42));
+        let spread: std::collections::HashSet<_> =
+            (0..100u64).map(|seed| policy.backoff(3, seed)).collect();
+        assert!(spread.len() > 50, "jitter spreads retries: {}", spread.len());
+        // Once at the cap, it stays there (give or take the jitter, never above).
+        assert!(policy.backoff(40, 7) <= std::time::Duration::from_secs(300));
+        assert!(policy.backoff(u32::MAX, 7) >= std::time::Duration::from_secs(150));
+        // Equal bounds: no room for jitter.
+        assert_eq!(
+            retry(3, 5, 5).backoff(2, 99),
+            std::time::Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn only_attempts_below_the_maximum_are_retried() {
+        let policy = retry(3, 1, 1);
+        assert!(policy.retries_after(1));
+        assert!(policy.retries_after(2));
+        assert!(!policy.retries_after(3));
+        assert!(!RetryPolicy::DEFAULT.retries_after(1), "one attempt by default");
+    }
 
     fn draft() -> JobDraft {
         JobDraft {

@@ -7,10 +7,12 @@ pub mod error;
 pub mod ids;
 pub mod image;
 pub mod job;
+pub mod overlap;
 pub mod page;
 pub mod run;
 pub mod schedule;
 pub mod shard;
+pub mod stable_hash;
 pub mod tenant;
 
 pub use error::{ErrorCode, FieldError};
@@ -23,7 +25,8 @@ pub use job::{
 pub use page::{PageRequest, PageToken};
 pub use run::{FailureReason, RunState, SkipReason, Trigger};
 pub use schedule::{
-    Cadence, CronSpec, FirePreview, OverlapPolicy, ScheduleDraft, ScheduleSpec, TimeZone,
+    Cadence, CronSpec, DstNote, FirePreview, OverlapPolicy, ScheduleDraft, ScheduleSpec, TimeZone,
+    Timeline,
 };
 pub use shard::{SHARD_COUNT, ShardId};
 pub use tenant::TenantName;

@@ -160,6 +160,15 @@ pub mod cancel_reason {
     pub const SCHEDULE_PAUSED: &str = "schedule_paused";
     pub const SCHEDULE_DELETED: &str = "schedule_deleted";
     pub const JOB_DELETED: &str = "job_deleted";
+    /// A newer fire of the schedule replaced it (overlap policy `replace`).
+    pub const REPLACED: &str = "replaced";
+}
+
+/// Reasons recorded on transitions that do not end a run.
+pub mod event_reason {
+    /// `scheduled → queued` of a fire held behind the schedule's running run (overlap policies
+    /// `buffer_one` and `replace`): it starts once that run has ended.
+    pub const OVERLAP_HELD: &str = "overlap_held";
 }
 
 #[cfg(test)]

@@ -1,21 +1,26 @@
-//! When to run a job: cron (with seconds), fixed interval, or one-off, in an IANA time zone.
+//! When to run a job: cron (with seconds), fixed interval, or one-off, in an IANA time zone,
+//! within optional bounds, shifted by the schedule's jitter offset and cut off after `max_runs`
+//! fires.
 //!
 //! Every function here is pure: the current time is a parameter, never read from a clock, so
 //! fire-time evaluation is testable across DST transitions. Cron evaluation is croner's, whose
 //! DST rules we adopt and document (`docs/schedules.md`): a fixed local time that falls in a
 //! spring-forward gap fires at the first valid instant after the gap that day; one that occurs
 //! twice in a fall-back fires once, at its first occurrence; wildcard/step fields fire for each
-//! real instant that matches.
+//! real instant that matches. Intervals and one-offs are UTC arithmetic, blind to DST.
+//!
+//! A schedule's fires come from its [`Timeline`] (`ScheduleSpec::timeline`), never from the
+//! cadence alone: it must never hand out a fire without the jitter offset and the run limit.
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, LocalResult, SecondsFormat, TimeZone as _, Utc};
 use croner::{
-    Cron,
+    Cron, JobType,
     parser::{CronParser, Seconds, Year},
 };
 
-use crate::FieldError;
+use crate::{FieldError, ScheduleId, stable_hash};
 
 /// A checked cron pattern: 5 fields (minute resolution), 6 fields (leading seconds) or a
 /// macro such as `@hourly`; day-of-month and day-of-week combine with OR as in Vixie cron.
@@ -78,6 +83,12 @@ impl CronSpec {
         &self.pattern
     }
 
+    /// Whether the seconds, minutes and hours fields each name one value (`30 2 * * *`): such
+    /// a pattern fires once a day at most, also on a day whose clocks fall back.
+    pub fn is_fixed_time(&self) -> bool {
+        self.cron.determine_job_type() == JobType::FixedTime
+    }
+
     /// The first match strictly after (or, if `inclusive`, at) `after`, evaluated in `tz`.
     fn next(
         &self,
@@ -90,6 +101,23 @@ impl CronSpec {
             .find_next_occurrence(&local, inclusive)
             .ok()
             .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// How a fire of this pattern at `fire` meets a DST transition in `tz`, if it does.
+    fn dst_note(&self, fire: DateTime<Utc>, tz: chrono_tz::Tz) -> Option<DstNote> {
+        let local = fire.with_timezone(&tz);
+        // croner moves a fixed local time that does not exist to the first instant after the
+        // gap; that instant does not match the pattern's fields.
+        if !self.cron.is_time_matching(&local).unwrap_or(true) {
+            return Some(DstNote::SpringForward);
+        }
+        match tz.from_local_datetime(&local.naive_local()) {
+            LocalResult::Ambiguous(first, _) if first == local => Some(DstNote::FallBackFirst {
+                fires_twice: !self.is_fixed_time(),
+            }),
+            LocalResult::Ambiguous(..) => Some(DstNote::FallBackSecond),
+            _ => None,
+        }
     }
 }
 
@@ -136,17 +164,22 @@ pub enum OverlapPolicy {
 impl OverlapPolicy {
     pub const DEFAULT: OverlapPolicy = OverlapPolicy::Skip;
 
-    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+    /// Parses a policy named in request field `field`.
+    pub fn parse_field(field: &str, raw: &str) -> Result<Self, FieldError> {
         match raw {
             "allow" => Ok(Self::Allow),
             "skip" => Ok(Self::Skip),
             "buffer_one" => Ok(Self::BufferOne),
             "replace" => Ok(Self::Replace),
             _ => Err(FieldError::new(
-                "overlap_policy",
+                field,
                 format!("unknown policy '{raw}'; expected one of allow, skip, buffer_one, replace"),
             )),
         }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        Self::parse_field("overlap_policy", raw)
     }
 
     pub const fn as_str(self) -> &'static str {
@@ -170,11 +203,61 @@ pub enum Cadence {
     At(DateTime<Utc>),
 }
 
-/// One upcoming fire, in UTC and in the schedule's local time (with its offset).
+/// How a cron fire meets a daylight-saving transition of the schedule's time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DstNote {
+    /// The pattern's local time does not exist that day (the clocks spring forward over it):
+    /// the fire is at the first instant after the gap.
+    SpringForward,
+    /// The fire's local time occurs twice that day (the clocks fall back); this is the first
+    /// occurrence. `fires_twice`: the pattern (wildcards or steps in its time fields) fires at
+    /// the second occurrence too; a fixed-time pattern does not.
+    FallBackFirst { fires_twice: bool },
+    /// The second occurrence of a local time that occurs twice (only patterns with wildcards
+    /// or steps in their time fields fire here).
+    FallBackSecond,
+}
+
+impl DstNote {
+    /// The stable code the API returns (`dst` of a previewed fire).
+    pub const fn code(self) -> &'static str {
+        match self {
+            DstNote::SpringForward => "spring_forward",
+            DstNote::FallBackFirst { .. } => "fall_back_first",
+            DstNote::FallBackSecond => "fall_back_second",
+        }
+    }
+
+    /// One sentence for people, naming the rule that applied.
+    pub const fn explain(self) -> &'static str {
+        match self {
+            DstNote::SpringForward => {
+                "the pattern's local time does not exist on this day (clocks spring forward): \
+                 the fire moves to the first instant after the gap"
+            }
+            DstNote::FallBackFirst { fires_twice: false } => {
+                "this local time occurs twice on this day (clocks fall back): a fixed-time \
+                 pattern fires once, at this first occurrence"
+            }
+            DstNote::FallBackFirst { fires_twice: true } => {
+                "this local time occurs twice on this day (clocks fall back): this is the first \
+                 occurrence, and the pattern fires at the second one too"
+            }
+            DstNote::FallBackSecond => {
+                "this local time occurs twice on this day (clocks fall back): this is the second \
+                 occurrence, which only patterns with wildcards or steps in their time fields fire"
+            }
+        }
+    }
+}
+
+/// One upcoming fire, in UTC and in the schedule's local time (with its offset), and how it
+/// meets a DST transition, if it does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirePreview {
     pub utc: DateTime<Utc>,
     pub local: String,
+    pub dst: Option<DstNote>,
 }
 
 /// A checked schedule: a cadence, a time zone, optional bounds and its policies.
@@ -185,80 +268,194 @@ pub struct ScheduleSpec {
     pub start_at: Option<DateTime<Utc>>,
     pub end_at: Option<DateTime<Utc>>,
     pub overlap_policy: OverlapPolicy,
+    /// Fires later than this when they are planned are recorded `skipped/missed`.
     pub catchup_window_seconds: u32,
+    /// Of the fires more than [`ScheduleSpec::ON_TIME_TOLERANCE_SECONDS`] late but within the
+    /// window, at most this many (the latest) run; the older ones are recorded `skipped/missed`.
+    pub catchup_max_runs: u32,
+    /// Every fire is shifted by the same offset in `[0, jitter_seconds)`, drawn from the
+    /// schedule's id.
     pub jitter_seconds: u32,
+    /// The schedule ends after this many fires (`None`: no limit).
+    pub max_runs: Option<u32>,
 }
 
 impl ScheduleSpec {
     pub const DEFAULT_CATCHUP_WINDOW_SECONDS: u32 = 900;
     pub const MAX_CATCHUP_WINDOW_SECONDS: u32 = 7 * 86_400;
+    pub const DEFAULT_CATCHUP_MAX_RUNS: u32 = 1;
+    pub const MAX_CATCHUP_MAX_RUNS: u32 = 1000;
+    /// A fire at most this late is on time for the catch-up cap: a scheduler failover or a
+    /// rolling restart delays it, it never costs it (the window still applies).
+    pub const ON_TIME_TOLERANCE_SECONDS: u32 = 30;
     pub const MAX_JITTER_SECONDS: u32 = 3_600;
     pub const MAX_INTERVAL_SECONDS: u32 = 366 * 86_400;
+    pub const MAX_RUNS_LIMIT: u32 = 100_000_000;
     /// One-off and start times may lie at most this far ahead (the product keeps a year).
     pub const MAX_AHEAD_DAYS: i64 = 366;
 
-    /// The first fire strictly after `after`, within `start_at..=end_at`; `None` when the
-    /// schedule has no fire left.
+    /// The fires of schedule `id` after `fired` of them were made (its fire count).
+    pub fn timeline(&self, id: ScheduleId, fired: u64) -> Timeline<'_> {
+        Timeline {
+            spec: self,
+            offset: self.jitter_offset(id),
+            remaining: self
+                .max_runs
+                .map(|max| u64::from(max).saturating_sub(fired)),
+        }
+    }
+
+    /// The offset every fire of schedule `id` is shifted by: a stable hash of the id, in whole
+    /// milliseconds within `[0, jitter_seconds)` (the same on every node and after restarts;
+    /// it changes only with `jitter_seconds`).
+    pub fn jitter_offset(&self, id: ScheduleId) -> Duration {
+        let span = u64::from(self.jitter_seconds) * 1000;
+        if span == 0 {
+            return Duration::zero();
+        }
+        let hash = stable_hash::fnv1a(&[b"kairos-jitter", id.as_uuid().as_bytes()]);
+        Duration::milliseconds((hash % span) as i64)
+    }
+
+    /// The first cadence instant strictly after `after`, within `start..=end` (jitter and
+    /// the run limit aside: use [`Self::timeline`]). `None` when the cadence has no fire left.
     pub fn next_fire_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let next = match (&self.cadence, self.start_at) {
-            (Cadence::At(at), _) => (*at > after).then_some(*at),
-            (Cadence::Interval { seconds, anchor }, _) => {
-                let step = i64::from(*seconds) * 1000;
-                let from_anchor = (after - *anchor).num_milliseconds();
+        self.nominal_after(after, self.start_at, self.end_at)
+    }
+
+    fn nominal_after(
+        &self,
+        after: DateTime<Utc>,
+        start: Option<DateTime<Utc>>,
+        end: Option<DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
+        // The search starts strictly after `after`, or at `start` when that is later.
+        let from = start.filter(|s| *s > after);
+        let next = match &self.cadence {
+            Cadence::At(at) => (*at > after && start.is_none_or(|s| *at >= s)).then_some(*at),
+            Cadence::Interval { seconds, anchor } => {
+                // Microseconds: the store keeps them, and an anchor may carry them.
+                let step = i64::from(*seconds) * 1_000_000;
+                let lower = from.map_or(after, |s| s - Duration::microseconds(1));
+                let from_anchor = (lower - *anchor).num_microseconds()?;
                 let k = if from_anchor < 0 {
                     0
                 } else {
                     from_anchor / step + 1
                 };
-                Some(*anchor + Duration::milliseconds(k * step))
+                anchor.checked_add_signed(Duration::microseconds(k.checked_mul(step)?))
             }
-            (Cadence::Cron(cron), Some(start)) if start > after => {
-                cron.next(start, self.timezone.tz(), true)
-            }
-            (Cadence::Cron(cron), _) => cron.next(after, self.timezone.tz(), false),
+            Cadence::Cron(cron) => match from {
+                Some(s) => cron.next(s, self.timezone.tz(), true),
+                None => cron.next(after, self.timezone.tz(), false),
+            },
         }?;
-        let next = match self.start_at {
-            Some(start) if next < start => {
-                return self.next_fire_after(start - Duration::milliseconds(1));
-            }
-            _ => next,
-        };
-        match self.end_at {
-            Some(end) if next > end => None,
+        match end {
+            Some(e) if next > e => None,
             _ => Some(next),
         }
     }
+}
 
-    /// Up to `n` fires strictly after `after`, with their local-time rendering.
+/// The fires of one schedule: its cadence within its bounds, every fire shifted by the
+/// schedule's jitter offset, and none after the last one `max_runs` allows. Bounds apply to
+/// the shifted times: no fire before `start_at` or after `end_at`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeline<'a> {
+    spec: &'a ScheduleSpec,
+    offset: Duration,
+    /// Fires left under `max_runs` (`None`: no limit).
+    remaining: Option<u64>,
+}
+
+impl<'a> Timeline<'a> {
+    pub fn offset(&self) -> Duration {
+        self.offset
+    }
+
+    /// Fires left under `max_runs` (`None`: no limit).
+    pub fn remaining(&self) -> Option<u64> {
+        self.remaining
+    }
+
+    /// The same fires without the run limit (backfill covers past fires whatever it says).
+    pub fn unlimited(self) -> Self {
+        Self {
+            remaining: None,
+            ..self
+        }
+    }
+
+    /// This timeline once one more fire was made.
+    pub fn after_fire(self) -> Self {
+        Self {
+            remaining: self.remaining.map(|r| r.saturating_sub(1)),
+            ..self
+        }
+    }
+
+    /// The first fire strictly after `after`; `None` when the schedule has no fire left.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.remaining == Some(0) {
+            return None;
+        }
+        let shift = |t: DateTime<Utc>| t - self.offset;
+        self.spec
+            .nominal_after(
+                shift(after),
+                self.spec.start_at.map(shift),
+                self.spec.end_at.map(shift),
+            )
+            .map(|t| t + self.offset)
+    }
+
+    /// The fires strictly after `after`, in order, as many as the limit leaves.
+    pub fn fires_after(self, after: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + 'a {
+        let mut timeline = self;
+        let mut cursor = after;
+        std::iter::from_fn(move || {
+            let next = timeline.next_after(cursor)?;
+            timeline = timeline.after_fire();
+            cursor = next;
+            Some(next)
+        })
+    }
+
+    /// Up to `n` fires strictly after `after`, with their local time and DST notes.
     pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<FirePreview> {
-        let tz = self.timezone.tz();
-        std::iter::successors(self.next_fire_after(after), |t| self.next_fire_after(*t))
+        let tz = self.spec.timezone.tz();
+        self.fires_after(after)
             .take(n)
             .map(|utc| FirePreview {
                 utc,
                 local: utc
                     .with_timezone(&tz)
                     .to_rfc3339_opts(SecondsFormat::AutoSi, false),
+                dst: match &self.spec.cadence {
+                    Cadence::Cron(cron) => cron.dst_note(utc - self.offset, tz),
+                    _ => None,
+                },
             })
             .collect()
     }
 
     /// Fires in `[from, to)`, at most `limit` of them (backfill). The bool is true when more
     /// fires remained past the limit.
-    pub fn fires_between(
+    pub fn between(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         limit: usize,
     ) -> (Vec<DateTime<Utc>>, bool) {
         let mut fires = Vec::new();
-        let mut cursor = self.next_fire_after(from - Duration::milliseconds(1));
-        while let Some(t) = cursor.filter(|t| *t < to) {
+        for t in self
+            .fires_after(from - Duration::microseconds(1))
+            .take_while(|t| *t < to)
+        {
             if fires.len() == limit {
                 return (fires, true);
             }
             fires.push(t);
-            cursor = self.next_fire_after(t);
         }
         (fires, false)
     }
@@ -275,7 +472,9 @@ pub struct ScheduleDraft {
     pub end_at: Option<String>,
     pub overlap_policy: Option<String>,
     pub catchup_window_seconds: Option<i64>,
+    pub catchup_max_runs: Option<i64>,
     pub jitter_seconds: Option<i64>,
+    pub max_runs: Option<i64>,
 }
 
 /// Parses an RFC 3339 instant for `field`, with a message that shows the expected shape.
@@ -302,6 +501,21 @@ fn bounded(field: &str, value: i64, min: u32, max: u32) -> Result<u32, FieldErro
         ));
     }
     Ok(value as u32)
+}
+
+/// A bounded number for `field`: the draft's if present, else the current spec's, else the
+/// default.
+fn bounded_or(
+    field: &str,
+    raw: Option<i64>,
+    current: Option<u32>,
+    default: u32,
+    (min, max): (u32, u32),
+) -> Result<u32, FieldError> {
+    match raw {
+        Some(v) => bounded(field, v, min, max),
+        None => Ok(current.unwrap_or(default)),
+    }
 }
 
 impl ScheduleDraft {
@@ -403,21 +617,27 @@ impl ScheduleDraft {
             (None, Some(c)) => c.overlap_policy,
             (None, None) => OverlapPolicy::DEFAULT,
         };
-        let catchup_window_seconds = match (self.catchup_window_seconds, current) {
-            (Some(v), _) => bounded(
-                "catchup_window_seconds",
-                v,
-                0,
-                ScheduleSpec::MAX_CATCHUP_WINDOW_SECONDS,
-            )?,
-            (None, Some(c)) => c.catchup_window_seconds,
-            (None, None) => ScheduleSpec::DEFAULT_CATCHUP_WINDOW_SECONDS,
-        };
-        let jitter_seconds = match (self.jitter_seconds, current) {
-            (Some(v), _) => bounded("jitter_seconds", v, 0, ScheduleSpec::MAX_JITTER_SECONDS)?,
-            (None, Some(c)) => c.jitter_seconds,
-            (None, None) => 0,
-        };
+        let catchup_window_seconds = bounded_or(
+            "catchup_window_seconds",
+            self.catchup_window_seconds,
+            current.map(|c| c.catchup_window_seconds),
+            ScheduleSpec::DEFAULT_CATCHUP_WINDOW_SECONDS,
+            (0, ScheduleSpec::MAX_CATCHUP_WINDOW_SECONDS),
+        )?;
+        let catchup_max_runs = bounded_or(
+            "catchup_max_runs",
+            self.catchup_max_runs,
+            current.map(|c| c.catchup_max_runs),
+            ScheduleSpec::DEFAULT_CATCHUP_MAX_RUNS,
+            (0, ScheduleSpec::MAX_CATCHUP_MAX_RUNS),
+        )?;
+        let jitter_seconds = bounded_or(
+            "jitter_seconds",
+            self.jitter_seconds,
+            current.map(|c| c.jitter_seconds),
+            0,
+            (0, ScheduleSpec::MAX_JITTER_SECONDS),
+        )?;
         if let Cadence::Interval { seconds, .. } = cadence
             && jitter_seconds >= seconds
             && jitter_seconds > 0
@@ -427,6 +647,11 @@ impl ScheduleDraft {
                 format!("must be less than interval_seconds ({seconds})"),
             ));
         }
+        let max_runs = match (self.max_runs, current) {
+            (Some(v), _) => Some(bounded("max_runs", v, 1, ScheduleSpec::MAX_RUNS_LIMIT)?),
+            (None, Some(c)) => c.max_runs,
+            (None, None) => None,
+        };
         Ok(ScheduleSpec {
             cadence,
             timezone,
@@ -434,7 +659,9 @@ impl ScheduleDraft {
             end_at,
             overlap_policy,
             catchup_window_seconds,
+            catchup_max_runs,
             jitter_seconds,
+            max_runs,
         })
     }
 }
@@ -447,6 +674,9 @@ fn truncate_to_second(t: DateTime<Utc>) -> DateTime<Utc> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A schedule id for the tests; its jitter offset only matters with `jitter_seconds`.
+    const ID: ScheduleId = ScheduleId::from_uuid(uuid::Uuid::from_u128(0x0190_f0c2_d8a8_7c3e_9f4b_1a2b_3c4d_5e6f));
 
     fn t(s: &str) -> DateTime<Utc> {
         parse_instant("t", s).unwrap()
@@ -463,7 +693,7 @@ mod tests {
     }
 
     fn utc_list(spec: &ScheduleSpec, after: &str, n: usize) -> Vec<String> {
-        spec.upcoming(t(after), n)
+        spec.timeline(ID, 0).upcoming(t(after), n)
             .into_iter()
             .map(|p| p.utc.to_rfc3339())
             .collect()
@@ -506,7 +736,7 @@ mod tests {
             utc_list(&spec, "2026-07-10T12:00:00Z", 1),
             ["2026-07-11T07:00:00+00:00"]
         );
-        let preview = spec.upcoming(t("2026-07-10T12:00:00Z"), 1);
+        let preview = spec.timeline(ID, 0).upcoming(t("2026-07-10T12:00:00Z"), 1);
         assert_eq!(preview[0].local, "2026-07-11T09:00:00+02:00");
     }
 
@@ -518,6 +748,7 @@ mod tests {
         assert_eq!(fires[0], "2026-03-08T07:00:00+00:00"); // 03:00 EDT, the first instant after the gap
         assert_eq!(fires.len(), 3);
         let locals: Vec<_> = spec
+            .timeline(ID, 0)
             .upcoming(t("2026-03-07T12:00:00Z"), 3)
             .into_iter()
             .map(|p| p.local)
@@ -531,6 +762,7 @@ mod tests {
         // New York repeats 01:00-02:00 on 2026-11-01.
         let spec = cron("30 1 * * *", "America/New_York");
         let locals: Vec<_> = spec
+            .timeline(ID, 0)
             .upcoming(t("2026-10-31T12:00:00Z"), 2)
             .into_iter()
             .map(|p| p.local)
@@ -603,11 +835,11 @@ mod tests {
     fn fires_between_is_half_open_and_bounded() {
         let spec = cron("0 * * * *", "UTC");
         let (fires, more) =
-            spec.fires_between(t("2026-03-01T00:00:00Z"), t("2026-03-01T03:00:00Z"), 10);
+            spec.timeline(ID, 0).between(t("2026-03-01T00:00:00Z"), t("2026-03-01T03:00:00Z"), 10);
         assert_eq!(fires.len(), 3);
         assert!(!more);
         let (fires, more) =
-            spec.fires_between(t("2026-03-01T00:00:00Z"), t("2026-03-02T00:00:00Z"), 5);
+            spec.timeline(ID, 0).between(t("2026-03-01T00:00:00Z"), t("2026-03-02T00:00:00Z"), 5);
         assert_eq!(fires.len(), 5);
         assert!(more);
     }
@@ -733,13 +965,246 @@ mod tests {
         assert_eq!(tz_only.cadence, current.cadence);
     }
 
-    const ZONES: [&str; 5] = [
+    fn with(draft: ScheduleDraft) -> ScheduleSpec {
+        draft.parse(t("2026-01-01T00:00:00Z")).unwrap()
+    }
+
+    #[test]
+    fn previews_name_the_dst_rule_that_moved_or_kept_a_fire() {
+        // Spring forward: 02:30 does not exist in New York on 2026-03-08.
+        let spring = cron("30 2 * * *", "America/New_York")
+            .timeline(ID, 0)
+            .upcoming(t("2026-03-07T12:00:00Z"), 2);
+        assert_eq!(spring[0].dst, Some(DstNote::SpringForward));
+        assert_eq!(spring[0].dst.unwrap().code(), "spring_forward");
+        assert_eq!(spring[1].dst, None, "the next day is ordinary");
+
+        // Fall back, fixed time: 01:30 occurs twice on 2026-11-01; only the first fires.
+        let fixed = cron("30 1 * * *", "America/New_York")
+            .timeline(ID, 0)
+            .upcoming(t("2026-10-31T12:00:00Z"), 2);
+        assert_eq!(
+            fixed[0].dst,
+            Some(DstNote::FallBackFirst { fires_twice: false })
+        );
+        assert_eq!(fixed[1].dst, None);
+
+        // Fall back, wildcard hour: both 01:30s are real instants and both fire.
+        let hourly = cron("30 * * * *", "America/New_York")
+            .timeline(ID, 0)
+            .upcoming(t("2026-11-01T04:00:00Z"), 3);
+        let seen: Vec<_> = hourly
+            .iter()
+            .map(|p| (p.local.as_str(), p.dst.map(DstNote::code)))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("2026-11-01T00:30:00-04:00", None),
+                ("2026-11-01T01:30:00-04:00", Some("fall_back_first")),
+                ("2026-11-01T01:30:00-05:00", Some("fall_back_second")),
+            ]
+        );
+        assert!(DstNote::FallBackSecond.explain().contains("second occurrence"));
+
+        // Intervals are UTC arithmetic: no note, even across a transition.
+        let every_hour = with(ScheduleDraft {
+            interval_seconds: Some(3600),
+            timezone: Some("America/New_York".into()),
+            start_at: Some("2026-03-08T05:00:00Z".into()),
+            ..Default::default()
+        });
+        let preview = every_hour
+            .timeline(ID, 0)
+            .upcoming(t("2026-03-08T05:30:00Z"), 3);
+        assert!(preview.iter().all(|p| p.dst.is_none()));
+        assert_eq!(preview[0].local, "2026-03-08T01:00:00-05:00");
+        assert_eq!(preview[1].local, "2026-03-08T03:00:00-04:00");
+    }
+
+    #[test]
+    fn jitter_shifts_every_fire_by_one_stable_offset_per_schedule() {
+        let spec = with(ScheduleDraft {
+            cron: Some("0 * * * *".into()),
+            jitter_seconds: Some(600),
+            ..Default::default()
+        });
+        let offset = spec.jitter_offset(ID);
+        // Pinned: the offset of a schedule must not move between releases or nodes.
+        assert_eq!(offset, Duration::milliseconds(280_953));
+        let nominal: Vec<_> = std::iter::successors(
+            spec.next_fire_after(t("2026-03-01T00:30:00Z")),
+            |t| spec.next_fire_after(*t),
+        )
+        .take(4)
+        .collect();
+        let jittered: Vec<_> = spec
+            .timeline(ID, 0)
+            .fires_after(t("2026-03-01T00:30:00Z"))
+            .take(4)
+            .collect();
+        for (n, j) in nominal.iter().zip(&jittered) {
+            assert_eq!(*j - *n, offset, "every fire moves by the same offset");
+        }
+        // Previews show the jittered times.
+        let preview = spec.timeline(ID, 0).upcoming(t("2026-03-01T00:30:00Z"), 1);
+        assert_eq!(preview[0].utc, jittered[0]);
+        assert_eq!(preview[0].local, "2026-03-01T01:04:40.953+00:00");
+        // No jitter, no offset; another schedule, another offset.
+        assert_eq!(cron("0 * * * *", "UTC").jitter_offset(ID), Duration::zero());
+        assert_ne!(spec.jitter_offset(ScheduleId::generate()), offset);
+    }
+
+    #[test]
+    fn jitter_spreads_schedules_over_the_whole_window() {
+        let spec = with(ScheduleDraft {
+            cron: Some("0 0 * * *".into()),
+            jitter_seconds: Some(60),
+            ..Default::default()
+        });
+        let mut buckets = [0u32; 6];
+        for _ in 0..6000 {
+            let offset = spec.jitter_offset(ScheduleId::generate());
+            assert!(offset >= Duration::zero() && offset < Duration::seconds(60));
+            buckets[(offset.num_seconds() / 10) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|b| (800..1200).contains(b)),
+            "offsets by 10 s bucket: {buckets:?}"
+        );
+    }
+
+    #[test]
+    fn bounds_apply_to_the_jittered_times() {
+        let spec = with(ScheduleDraft {
+            interval_seconds: Some(3600),
+            start_at: Some("2026-03-01T00:00:00Z".into()),
+            end_at: Some("2026-03-01T02:00:00Z".into()),
+            jitter_seconds: Some(1800),
+            ..Default::default()
+        });
+        let offset = spec.jitter_offset(ID);
+        assert!(offset > Duration::zero());
+        let fires: Vec<_> = spec
+            .timeline(ID, 0)
+            .fires_after(t("2026-02-01T00:00:00Z"))
+            .collect();
+        // 00:00 and 01:00 shifted; 02:00 shifted would land after end_at.
+        assert_eq!(
+            fires,
+            [
+                t("2026-03-01T00:00:00Z") + offset,
+                t("2026-03-01T01:00:00Z") + offset
+            ]
+        );
+    }
+
+    #[test]
+    fn max_runs_ends_the_timeline_after_that_many_fires() {
+        let spec = with(ScheduleDraft {
+            cron: Some("0 * * * *".into()),
+            max_runs: Some(3),
+            ..Default::default()
+        });
+        let after = t("2026-03-01T00:30:00Z");
+        assert_eq!(spec.timeline(ID, 0).fires_after(after).count(), 3);
+        assert_eq!(spec.timeline(ID, 2).upcoming(after, 5).len(), 1);
+        assert_eq!(spec.timeline(ID, 3).next_after(after), None);
+        assert_eq!(spec.timeline(ID, 7).remaining(), Some(0));
+        // Backfill looks at past fires whatever the limit says.
+        let (past, _) = spec
+            .timeline(ID, 3)
+            .unlimited()
+            .between(t("2026-02-01T00:00:00Z"), t("2026-02-01T10:00:00Z"), 100);
+        assert_eq!(past.len(), 10);
+        assert_eq!(cron("@hourly", "UTC").timeline(ID, 1_000).remaining(), None);
+    }
+
+    #[test]
+    fn an_interval_anchor_keeps_its_microseconds() {
+        let spec = with(ScheduleDraft {
+            interval_seconds: Some(10),
+            start_at: Some("2026-03-01T00:00:00.000250Z".into()),
+            ..Default::default()
+        });
+        let fires: Vec<_> = spec
+            .timeline(ID, 0)
+            .fires_after(t("2026-03-01T00:00:00.000250Z"))
+            .take(2)
+            .collect();
+        assert_eq!(
+            fires,
+            [t("2026-03-01T00:00:10.000250Z"), t("2026-03-01T00:00:20.000250Z")]
+        );
+        assert_eq!(
+            spec.timeline(ID, 0)
+                .next_after(t("2026-02-01T00:00:00Z")),
+            Some(t("2026-03-01T00:00:00.000250Z")),
+            "start_at itself is the first fire"
+        );
+    }
+
+    #[test]
+    fn catch_up_and_run_limits_are_checked() {
+        let now = t("2026-01-01T00:00:00Z");
+        let field = |d: ScheduleDraft| d.parse(now).unwrap_err().field;
+        let daily = || ScheduleDraft {
+            cron: Some("@daily".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            field(ScheduleDraft {
+                max_runs: Some(0),
+                ..daily()
+            }),
+            "max_runs"
+        );
+        assert_eq!(
+            field(ScheduleDraft {
+                catchup_max_runs: Some(1001),
+                ..daily()
+            }),
+            "catchup_max_runs"
+        );
+        assert_eq!(
+            field(ScheduleDraft {
+                catchup_max_runs: Some(-1),
+                ..daily()
+            }),
+            "catchup_max_runs"
+        );
+        let spec = daily().parse(now).unwrap();
+        assert_eq!(spec.catchup_max_runs, ScheduleSpec::DEFAULT_CATCHUP_MAX_RUNS);
+        assert_eq!(spec.max_runs, None);
+        let patched = ScheduleDraft {
+            max_runs: Some(5),
+            ..Default::default()
+        }
+        .patch(&spec, now)
+        .unwrap();
+        assert_eq!(patched.max_runs, Some(5));
+        let kept = ScheduleDraft {
+            jitter_seconds: Some(5),
+            ..Default::default()
+        }
+        .patch(&patched, now)
+        .unwrap();
+        assert_eq!(kept.max_runs, Some(5), "an absent field keeps its value");
+    }
+
+    const ZONES: [&str; 8] = [
         "UTC",
         "Europe/Paris",
+        "Europe/London",
         "America/New_York",
         "Australia/Sydney",
+        // A 30-minute DST shift.
+        "Australia/Lord_Howe",
+        // UTC+12:45, with DST.
+        "Pacific/Chatham",
         "Asia/Kolkata",
     ];
+
     const PATTERNS: [&str; 6] = [
         "*/7 * * * * *",
         "0 */5 * * * *",
@@ -770,6 +1235,63 @@ mod tests {
                 let expected = reference.find_next_occurrence(&prev.with_timezone(&tz), false).unwrap().with_timezone(&Utc);
                 prop_assert_eq!(next, expected);
                 prev = next;
+            }
+        }
+
+        /// Jitter shifts the whole timeline: still strictly increasing, each fire exactly the
+        /// nominal one plus the schedule's offset.
+        #[test]
+        fn jittered_fires_are_the_nominal_ones_shifted(
+            zone in 0usize..ZONES.len(),
+            pattern in 0usize..PATTERNS.len(),
+            jitter in 1i64..3600,
+            start in 1_767_225_600i64..1_861_920_000i64,
+        ) {
+            let spec = ScheduleDraft {
+                cron: Some(PATTERNS[pattern].into()),
+                timezone: Some(ZONES[zone].into()),
+                jitter_seconds: Some(jitter),
+                ..Default::default()
+            }
+            .parse(t("2026-01-01T00:00:00Z"))
+            .unwrap();
+            let id = ScheduleId::generate();
+            let offset = spec.jitter_offset(id);
+            prop_assert!(offset < Duration::seconds(jitter));
+            let after = DateTime::from_timestamp(start, 0).unwrap();
+            let fires: Vec<_> = spec.timeline(id, 0).fires_after(after).take(10).collect();
+            let mut nominal = after - offset;
+            for pair in fires.windows(2) {
+                prop_assert!(pair[1] > pair[0]);
+            }
+            for fire in fires {
+                prop_assert!(fire > after);
+                nominal = spec.next_fire_after(nominal).unwrap();
+                prop_assert_eq!(fire, nominal + offset);
+            }
+        }
+
+        /// A fixed daily time fires exactly once per local calendar day in every zone, across
+        /// every DST transition of 2026–2028: never twice on a fall-back day, never skipped on
+        /// a spring-forward day.
+        #[test]
+        fn a_fixed_daily_time_fires_once_on_every_local_day(
+            zone in 0usize..ZONES.len(),
+            hour in 0u32..24,
+            minute in prop::sample::select(vec![0u32, 15, 30, 45]),
+            start in 1_767_225_600i64..1_861_920_000i64,
+        ) {
+            let spec = cron(&format!("{minute} {hour} * * *"), ZONES[zone]);
+            let tz: chrono_tz::Tz = ZONES[zone].parse().unwrap();
+            let after = DateTime::from_timestamp(start, 0).unwrap();
+            let days: Vec<_> = spec
+                .timeline(ID, 0)
+                .fires_after(after)
+                .take(40)
+                .map(|f| f.with_timezone(&tz).date_naive())
+                .collect();
+            for pair in days.windows(2) {
+                prop_assert_eq!(pair[1], pair[0].succ_opt().unwrap(), "{} -> {}", pair[0], pair[1]);
             }
         }
 

@@ -1,8 +1,8 @@
 //! The fixed partitioning of schedules and runs into shards owned by scheduler nodes.
 //!
 //! The shard of an id must never change once computed: it is stored with the row and decides
-//! which node fires it, so the hash here is spelled out rather than borrowed from std, whose
-//! `DefaultHasher` may change between Rust releases.
+//! which node fires it, so the hash is `stable_hash`'s, not std's `DefaultHasher`, which may
+//! change between Rust releases.
 
 use uuid::Uuid;
 
@@ -17,11 +17,7 @@ impl ShardId {
     /// The shard of a schedule (by schedule id) or of a manual run (by job id).
     pub fn of(id: Uuid) -> Self {
         // FNV-1a, 64 bit: stable, well distributed over UUIDv7's random tail, and tiny.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in id.as_bytes() {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let hash = crate::stable_hash::fnv1a(&[id.as_bytes()]);
         Self((hash % u64::from(SHARD_COUNT)) as u16)
     }
 
