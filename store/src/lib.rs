@@ -72,7 +72,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // --- schedules ------------------------------------------------------------------------
 
-    /// `NotFound` if the job is missing or another tenant's.
+    /// `NotFound` if the job is missing or another tenant's. A schedule created paused has
+    /// `paused_at` set to its creation; its fire count starts at 0.
     async fn create_schedule(&self, tenant: TenantId, new: &NewSchedule) -> Result<Schedule>;
     async fn get_schedule(&self, tenant: TenantId, id: ScheduleId) -> Result<Schedule>;
     /// All of the tenant's schedules, or those of one job (`NotFound` if that job is not theirs).
@@ -85,6 +86,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Applies an edit, pause or resume: if the stored version is `expected_version`, writes
     /// the change with version + 1 and, in the same transaction, cancels the schedule's
     /// `scheduled`/`queued` runs of older versions with `change.cancel_reason` (I4).
+    ///
+    /// In the same transaction: the fires it cancelled while still `scheduled` (planned, not
+    /// yet fired) are taken off the fire count; `paused_at` becomes the change's time when the
+    /// schedule goes from running to paused, stays while it stays paused, and is cleared when
+    /// it resumes; `next_fire_at` is computed from `change.next_fire` with the new spec's
+    /// timeline (`ScheduleSpec::timeline(id, fire count)`, so jitter and `max_runs` apply), or
+    /// kept for `NextFire::Keep`, and is `None` when the count has reached `max_runs`.
+    /// `Conflict` if the version moved, `NotFound` if the schedule is not the tenant's.
     async fn update_schedule(
         &self,
         tenant: TenantId,
@@ -99,20 +108,38 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Inserts one run with its first event. With an idempotency key, a second call with the
     /// same key for the same job returns the first run and `false`.
+    ///
+    /// A run of a schedule with `new.overlap` set (a manual trigger, `queued`) is decided by
+    /// `kairos_domain::overlap::decide` against the schedule's runs in progress (running,
+    /// queued, held, and retries waiting for their backoff), read under a lock that every
+    /// other overlap decision, release and end of a run of the schedule also takes, so two
+    /// decisions never both see the schedule idle. By the decision the run is inserted
+    /// `queued`, `skipped` (reason `overlap`, finished), or `queued` held (`blocked_by` set,
+    /// creation event reason `overlap_held`); for `replace`, in the same transaction, the
+    /// schedule's not-started runs are cancelled (reason `replaced`) and its running runs get
+    /// `cancel_requested` (their end is recorded `cancelled`, reason `replaced`) and are
+    /// announced on [`RUNS_CANCEL_CHANNEL`].
     async fn create_run(
         &self,
         tenant: TenantId,
         new: &NewRun,
         idempotency_key: Option<&str>,
     ) -> Result<(Run, bool)>;
-    /// Inserts one `queued` run per fire time of a schedule (trigger `backfill`); fires that
-    /// already have a run of attempt 1 are left alone. Returns the runs created.
+    /// Inserts one `queued` run (trigger `backfill`, attempt 1, the schedule's current version)
+    /// per fire time of a schedule, in one transaction, under the schedule's overlap lock (so
+    /// concurrent backfills of a schedule never create a fire twice). A fire time that already
+    /// has a run that succeeded or is in progress (`scheduled`, `queued`, `running`), of any
+    /// trigger or version, is left alone and listed; one whose runs all failed, were skipped or
+    /// cancelled gets a new run. Backfill runs are not subject to the overlap policy. With
+    /// `dry_run`, nothing is written and `created` is empty. `Conflict` if the schedule's
+    /// version is no longer `schedule.version`.
     async fn create_backfill_runs(
         &self,
         tenant: TenantId,
         schedule: &Schedule,
         fire_times: &[DateTime<Utc>],
-    ) -> Result<Vec<Run>>;
+        dry_run: bool,
+    ) -> Result<Backfill>;
     async fn get_run(&self, tenant: TenantId, id: RunId) -> Result<Run>;
     async fn list_runs(
         &self,
@@ -121,7 +148,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         page: PageRequest,
     ) -> Result<Page<Run>>;
     /// `scheduled`/`queued` → `cancelled` at once; `running` → `cancel_requested` (the worker
-    /// kills it and reports `cancelled`); terminal → `FailedPrecondition`.
+    /// kills it and reports `cancelled`); terminal → `FailedPrecondition`. Cancelling a
+    /// schedule's not-started run releases the schedule's oldest held fire if nothing else of
+    /// the schedule is in progress (as the end of a run does; see
+    /// `SchedulerStore::finish_runs`), announcing it on [`RUNS_QUEUED_CHANNEL`].
     async fn cancel_run(&self, tenant: TenantId, id: RunId) -> Result<Run>;
     async fn run_logs(&self, tenant: TenantId, id: RunId) -> Result<RunLogs>;
     /// Every transition of the run, oldest first.

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use kairos_domain::{
-    ApiKeyId, Env, JobId, JobSpec, RunId, RunState, ScheduleId, ScheduleSpec, ShardId, TenantId,
-    TenantName, Trigger,
+    ApiKeyId, Env, JobId, JobSpec, OverlapPolicy, RunId, RunState, ScheduleId, ScheduleSpec,
+    ShardId, TenantId, TenantName, Trigger,
 };
 
 /// One page of a list plus the token of the next one (`None` on the last page).
@@ -61,10 +61,24 @@ pub struct Schedule {
     pub spec: ScheduleSpec,
     pub paused: bool,
     pub pause_note: Option<String>,
+    /// When it was paused (`None` while it is not).
+    pub paused_at: Option<DateTime<Utc>>,
     pub version: i64,
+    /// The next fire the scheduler will plan; `None` once no fire is left.
     pub next_fire_at: Option<DateTime<Utc>>,
+    /// Fires the planner recorded (run or skipped), which `max_runs` counts.
+    pub fire_count: u64,
+    /// The latest fire the planner recorded.
+    pub last_fire_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Schedule {
+    /// The schedule's fires from now on (jitter offset, bounds, and the run limit left).
+    pub fn timeline(&self) -> kairos_domain::Timeline<'_> {
+        self.spec.timeline(self.id, self.fire_count)
+    }
 }
 
 /// The new state of a schedule after an edit, pause or resume.
@@ -73,9 +87,25 @@ pub struct ScheduleChange {
     pub spec: ScheduleSpec,
     pub paused: bool,
     pub pause_note: Option<String>,
-    pub next_fire_at: Option<DateTime<Utc>>,
+    /// Where the schedule's next fire is computed from (by the store, under the row lock, with
+    /// the fire count this change leaves).
+    pub next_fire: NextFire,
     /// Reason recorded on the old version's not-yet-started runs that this change cancels.
     pub cancel_reason: &'static str,
+}
+
+/// Where a change puts a schedule's `next_fire_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextFire {
+    /// Its first fire strictly after this instant (an edit, a plain resume: now). Fires
+    /// before it are never planned: a change does not fire a run for a time that passed.
+    After(DateTime<Utc>),
+    /// Its first fire strictly after it was paused (a resume asking for catch-up: the fires
+    /// missed while paused are planned, and the catch-up rule decides which run late); the
+    /// same as `After(otherwise)` if it was not paused.
+    SincePause { otherwise: DateTime<Utc> },
+    /// Unchanged (a pause).
+    Keep,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +124,10 @@ pub struct NewRun {
     pub state: RunState,
     /// Per-run env overrides on top of the job's env (values may be secrets).
     pub env: Env,
+    /// For a run of a schedule (a manual trigger): the overlap policy to apply against the
+    /// schedule's runs in progress, under the same rule as a scheduled fire
+    /// (`kairos_domain::overlap::decide`). `None`: no overlap check (execute now).
+    pub overlap: Option<OverlapPolicy>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,11 +142,16 @@ pub struct Run {
     pub attempt: u32,
     pub retry_of: Option<RunId>,
     pub fire_time: DateTime<Utc>,
+    /// When the run is due to start: its fire time, or a retry's backoff time.
+    pub due_at: DateTime<Utc>,
     pub state: RunState,
     pub reason: Option<String>,
     pub exit_code: Option<i32>,
     pub worker_id: Option<String>,
     pub cancel_requested: bool,
+    /// A queued fire held by the overlap policy: the run it waited for when it was held. It
+    /// starts once the schedule's other runs have ended.
+    pub blocked_by: Option<RunId>,
     pub env: Env,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -144,6 +183,15 @@ pub struct RunLogs {
     pub run_id: RunId,
     pub content: String,
     pub truncated: bool,
+}
+
+/// What a backfill did (or, for a dry run, would do).
+#[derive(Debug, Clone, Default)]
+pub struct Backfill {
+    /// The runs created (none on a dry run), by fire time.
+    pub created: Vec<Run>,
+    /// Fire times left alone: the fire already has a run that succeeded or is in progress.
+    pub left_alone: Vec<DateTime<Utc>>,
 }
 
 /// What a partition maintenance pass did (partition table names).

@@ -68,6 +68,15 @@ pub struct DueSchedule {
     /// Cadence, time zone, bounds, and the overlap, catch-up and jitter policies.
     pub spec: ScheduleSpec,
     pub next_fire_at: DateTime<Utc>,
+    /// Fires recorded so far (what `max_runs` counts).
+    pub fire_count: u64,
+}
+
+impl DueSchedule {
+    /// The schedule's fires from its fire count on.
+    pub fn timeline(&self) -> kairos_domain::Timeline<'_> {
+        self.spec.timeline(self.id, self.fire_count)
+    }
 }
 
 /// How a fire is recorded by `materialize`.
@@ -140,12 +149,45 @@ pub struct PendingRun {
     pub trigger: Trigger,
     pub attempt: u32,
     pub fire_time: DateTime<Utc>,
+    /// When it is due: its fire time, or a retry's backoff time.
+    pub due_at: DateTime<Utc>,
     pub state: RunState,
     pub worker_id: Option<String>,
     pub cancel_requested: bool,
     pub started_at: Option<DateTime<Utc>>,
     /// The job's timeout, to spot runs that outlived it.
     pub timeout: RunTimeout,
+}
+
+/// A retry waiting for its backoff: a `scheduled` run (trigger `retry`) due at `due_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueRetry {
+    pub shard: ShardId,
+    pub id: RunId,
+    /// The fire it retries (its partition key).
+    pub fire_time: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+}
+
+/// A queued run the caller should now hand to dispatch: a held fire released because the
+/// schedule's other runs ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleasedRun {
+    pub shard: ShardId,
+    pub id: RunId,
+    pub fire_time: DateTime<Utc>,
+}
+
+/// What a batch that ends runs did besides moving them: the retries it created and the held
+/// fires it released.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndedRuns {
+    /// The runs it moved, in the order asked.
+    pub moved: Vec<RunId>,
+    /// Retries created for runs it failed (see [`SchedulerStore::finish_runs`]).
+    pub retries: Vec<DueRetry>,
+    /// Held fires released because nothing else of their schedule is in progress.
+    pub released: Vec<ReleasedRun>,
 }
 
 /// Everything a worker needs to start a run it acked. `Debug` shows env names only.
@@ -212,6 +254,13 @@ pub struct FiredRuns {
     pub queued: Vec<RunId>,
     /// Moved `scheduled` → `queued` → `running` on the worker that held them.
     pub started: Vec<RunId>,
+    /// Moved `scheduled` → `skipped` (reason `overlap`): the overlap policy refused them.
+    pub skipped: Vec<RunId>,
+    /// Moved `scheduled` → `queued` but held by the overlap policy: they are not to be
+    /// dispatched until a later call releases them.
+    pub held: Vec<RunId>,
+    /// Running runs a `replace` asked to stop (cancel requested): their workers must be told.
+    pub stop: Vec<(ShardId, RunId)>,
     /// Shards whose lease was superseded: nothing of theirs was written.
     pub fenced: Vec<ShardId>,
 }
@@ -247,6 +296,10 @@ pub struct RunReport {
 pub struct FinishedRuns {
     /// Each report's result, as [`SchedulerStore::finish_run`] would answer it alone.
     pub results: Vec<(RunId, Result<FinishedRun>)>,
+    /// Retries created for the runs that failed.
+    pub retries: Vec<DueRetry>,
+    /// Held fires released because nothing else of their schedule is in progress.
+    pub released: Vec<ReleasedRun>,
     /// Shards whose lease was superseded: nothing of theirs was written.
     pub fenced: Vec<ShardId>,
 }
@@ -336,11 +389,14 @@ pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
     ) -> Result<Vec<DueSchedule>>;
 
-    /// Records the fires as runs of attempt 1 (trigger `schedule`) with their creation events
-    /// and advances the schedules' `next_fire_at`, in one transaction. Fires of a schedule
-    /// that was since edited, paused, deleted, or is not of this shard are dropped (I4); a
-    /// fire that already has its run creates nothing (I1) and answers that run. Returns the
-    /// run of every fire kept, in fire order.
+    /// Records the fires as runs of attempt 1 (trigger `schedule`, the fire's schedule
+    /// version) with their creation events and advances the schedules' `next_fire_at`, in one
+    /// transaction. Fires of a schedule that was since edited, paused, deleted, or is not of
+    /// this shard are dropped (I4); a fire that already has its run of that version creates
+    /// nothing (I1) and answers that run. Each schedule's fire count grows by the fires this
+    /// call created, its `last_fire_at` moves to the latest of them, and its `next_fire_at`
+    /// becomes `None` once the count reaches `max_runs`. Returns the run of every fire kept,
+    /// in fire order.
     async fn materialize(
         &self,
         lease: &ShardLease,
@@ -362,16 +418,18 @@ pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
     async fn queue_runs(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<RunId>>;
 
     /// `scheduled` | `queued` → `skipped` with `reason` for those of the runs still there;
-    /// returns the ids it moved.
+    /// answers the ids it moved and the held fires it released (a skipped queued run ends
+    /// what its schedule had in progress, as in [`Self::finish_runs`]).
     async fn skip_runs(
         &self,
         lease: &ShardLease,
         run_ids: &[RunId],
         reason: SkipReason,
-    ) -> Result<Vec<RunId>>;
+    ) -> Result<EndedRuns>;
 
-    /// `queued` → `running` on `worker_id`, if the run is still queued, no cancel was
-    /// requested and its schedule is still at the version it was computed from (I4).
+    /// `queued` → `running` on `worker_id`, if the run is still queued, not held by the
+    /// overlap policy, no cancel was requested and its schedule is still at the version it was
+    /// computed from (I4).
     /// `None` when that race was lost: the worker must not start the run. `NotFound` if the
     /// run is not the shard's.
     async fn ack_run(
@@ -393,11 +451,12 @@ pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<FinishedRun>;
 
     /// `running` → `failed` (reason `worker_lost`) for those of the runs still running;
-    /// returns the ids it moved.
-    async fn fail_lost_runs(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<RunId>>;
+    /// answers the ids it moved, the retries it created and the held fires it released, with
+    /// the rules of [`Self::finish_runs`].
+    async fn fail_lost_runs(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<EndedRuns>;
 
-    /// The shard's `queued` runs, oldest fire first, at most `limit` (dispatch after a
-    /// restart).
+    /// The shard's `queued` runs not held by the overlap policy, oldest fire first, at most
+    /// `limit` (dispatch after a restart).
     async fn queued_runs(&self, lease: &ShardLease, limit: u32) -> Result<Vec<PendingRun>>;
 
     /// Due schedules of several owned shards in one scan, with their shard (a read: the
@@ -417,22 +476,31 @@ pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
     ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>>;
 
-    /// Queued, not cancel-requested runs of several shards with their fire times, oldest
-    /// first (a read).
+    /// Queued, not cancel-requested runs of several shards that the overlap policy does not
+    /// hold, with their fire times, oldest first (a read).
     async fn queued_runs_across(
         &self,
         shards: &[ShardId],
         limit: u32,
     ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>>;
 
-    /// What workers need to start these runs; only runs of the shard still `queued` and not
-    /// cancel-requested are returned. Reads only: the ack makes the decision.
+    /// What workers need to start these runs; only runs of the shard still `queued`, not held
+    /// and not cancel-requested are returned. Reads only: the ack makes the decision.
     async fn run_offers(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<Offer>>;
 
     /// Fires due runs of many shards in one transaction: each still `scheduled` moves to
     /// `queued`, and one a worker holds (`worker_id`) moves on to `running` on it if it may
     /// start (no cancel requested, its schedule still at the run's version (I4), its job not
     /// deleted). Runs of superseded leases are left alone and their shards reported.
+    ///
+    /// A fire of a schedule (trigger `schedule`) is first decided by the schedule's overlap
+    /// policy (`kairos_domain::overlap::decide`) against the schedule's runs in progress —
+    /// running, queued, held, retries waiting for their backoff, and the fires of the batch
+    /// decided before it (in fire order) — read under the schedule's overlap lock (see
+    /// [`crate::Store::create_run`]): started as above, `skipped` (reason `overlap`), or
+    /// queued held (`blocked_by`, event reason `overlap_held`); a `replace` also cancels the
+    /// schedule's not-started runs (reason `replaced`) and requests the cancel of its running
+    /// ones (reported in `stop`). Retries and runs without a schedule are not subject to it.
     async fn fire_runs(&self, due: &[DueRun]) -> Result<FiredRuns>;
 
     /// Workers' acks of queued runs of many shards in one transaction: each moves `queued` →
@@ -440,8 +508,42 @@ pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
     async fn ack_runs(&self, acks: &[RunAck]) -> Result<AckedRuns>;
 
     /// Workers' reports of many runs in one transaction, each with the semantics of
-    /// [`Self::finish_run`]; a run reported twice in the batch is recorded once.
+    /// [`Self::finish_run`]; a run reported twice in the batch is recorded once. A run whose
+    /// cancel was requested with a reason (`replaced`) and that ends `cancelled` records that
+    /// reason.
+    ///
+    /// Retries, in the same transaction: a run this call moves to `failed` (any reason) whose
+    /// cancel was not requested, whose job is not deleted, whose schedule (if any) is still at
+    /// the run's version, and whose `attempt` is below the job's `retry.max_attempts` gets a
+    /// new run: same job, schedule, version, shard, fire time and env, attempt + 1, `retry_of`
+    /// the failed run, trigger `retry`, state `scheduled`, due at the failure plus
+    /// `RetryPolicy::backoff(attempt, seed)` (the seed hashes the failed run's id), with its
+    /// creation event; at most one per failed run (I1). Cancelled and succeeded runs are never
+    /// retried.
+    ///
+    /// Releases, in the same transaction and under the overlap lock of each schedule whose
+    /// run ended: if nothing of the schedule but held fires is still in progress (a retry just
+    /// created counts as in progress), its oldest held fire (by fire time, then id) is
+    /// released (`blocked_by` cleared, no transition) and listed, to be dispatched.
     async fn finish_runs(&self, reports: &[RunReport]) -> Result<FinishedRuns>;
+
+    /// Retries of several shards still waiting for their backoff (`scheduled`, trigger
+    /// `retry`) due by `until`, earliest first, at most `limit` (a read: the planner arms them,
+    /// and recovers those a crash left unarmed).
+    async fn due_retries_across(
+        &self,
+        shards: &[ShardId],
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueRetry>>;
+
+    /// The schedules among `ids` that belong to the lease's shard (a read; recovery applies
+    /// the catch-up rule to the fires a previous owner left planned).
+    async fn schedules_of_shard(
+        &self,
+        lease: &ShardLease,
+        ids: &[ScheduleId],
+    ) -> Result<Vec<crate::Schedule>>;
 
     /// What workers need to start these runs of owned shards (a read, across shards): runs
     /// still `queued` (and, with `upcoming`, still `scheduled`), not cancel-requested, whose

@@ -13,10 +13,12 @@ use super::PgStore;
 use super::events::{self, Transition};
 use super::fencing::{self, FencedTx};
 use super::firing;
+use super::overlap;
+use super::retries;
 use super::rows::{JobRow, RunRow, job_columns, run_columns, shard_value};
 use crate::{
-    Assignment, DueRun, FinishedRun, Job, LeasedRun, PendingRun, Result, Run, RunAck, RunOutcome,
-    RunReport, ShardLease, StoreError,
+    Assignment, DueRun, EndedRuns, FinishedRun, Job, LeasedRun, PendingRun, Result, Run, RunAck,
+    RunOutcome, RunReport, ShardLease, StoreError,
 };
 
 /// A run plus its job's timeout, as recovery and dispatch read it.
@@ -47,6 +49,7 @@ impl TryFrom<PendingRow> for PendingRun {
             trigger: run.trigger,
             attempt: run.attempt,
             fire_time: run.fire_time,
+            due_at: run.due_at,
             state: run.state,
             worker_id: run.worker_id,
             cancel_requested: run.cancel_requested,
@@ -57,13 +60,13 @@ impl TryFrom<PendingRow> for PendingRun {
 }
 
 /// Runs of one shard in the given states with their job's timeout (`$1` shard, `$2` states,
-/// `$3` limit), oldest fire first.
+/// `$3` limit, `$4` whether to leave out fires the overlap policy holds), oldest fire first.
 const PENDING_SQL: &str = concat!(
     "SELECT ",
     run_columns!(),
     ", (SELECT j.timeout_seconds FROM jobs j WHERE j.id = runs.job_id) AS timeout_seconds
      FROM runs
-     WHERE shard = $1 AND state = ANY($2)
+     WHERE shard = $1 AND state = ANY($2) AND (NOT $4 OR blocked_by IS NULL)
      ORDER BY fire_time, id
      LIMIT $3"
 );
@@ -73,12 +76,14 @@ async fn pending(
     lease: &ShardLease,
     states: &[RunState],
     limit: Option<u32>,
+    unheld: bool,
 ) -> Result<Vec<PendingRun>> {
     let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
     let rows: Vec<PendingRow> = sqlx::query_as(PENDING_SQL)
         .bind(shard_value(lease.shard())?)
         .bind(&states)
         .bind(limit.map(i64::from))
+        .bind(unheld)
         .fetch_all(tx.conn())
         .await?;
     rows.into_iter().map(PendingRun::try_from).collect()
@@ -95,13 +100,13 @@ pub(super) async fn shard_pending_runs(
         .into_iter()
         .filter(|s| !s.is_terminal())
         .collect();
-    let runs = pending(&mut tx, lease, &non_terminal, None).await?;
+    let runs = pending(&mut tx, lease, &non_terminal, None, false).await?;
     tx.commit().await?;
     tracing::debug!(runs = runs.len(), "pending runs loaded");
     Ok(runs)
 }
 
-/// The shard's queued runs, oldest fire first.
+/// The shard's queued runs that the overlap policy does not hold, oldest fire first.
 #[tracing::instrument(skip_all, fields(shard = lease.shard().get(), token = lease.token(), limit))]
 pub(super) async fn queued_runs(
     store: &PgStore,
@@ -112,32 +117,38 @@ pub(super) async fn queued_runs(
         return Ok(Vec::new());
     }
     let mut tx = fencing::begin(store, lease).await?;
-    let runs = pending(&mut tx, lease, &[RunState::Queued], Some(limit)).await?;
+    let runs = pending(&mut tx, lease, &[RunState::Queued], Some(limit), true).await?;
     tx.commit().await?;
     Ok(runs)
 }
 
 /// Moves those of `run_ids` (of the lease's shard) that are in a state the domain lets move
 /// to `to`, recording `reason`; a terminal `to` stamps `finished_at`. One event per run moved.
+/// A move to `failed` creates the retries owed; any move releases the held fires of the
+/// schedules whose runs it ended (under their overlap locks, taken first).
 async fn move_runs(
     store: &PgStore,
     lease: &ShardLease,
     run_ids: &[RunId],
     to: RunState,
     reason: Option<&str>,
-) -> Result<Vec<RunId>> {
+) -> Result<EndedRuns> {
     let mut tx = fencing::begin(store, lease).await?;
     if run_ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(EndedRuns::default());
     }
     let ids: Vec<Uuid> = run_ids.iter().map(|id| id.as_uuid()).collect();
+    let shard = shard_value(lease.shard())?;
+    let everywhere = firing::fire_range(std::iter::empty());
+    let schedules = firing::schedules_of_running(tx.conn(), &ids, &[shard], everywhere).await?;
+    overlap::lock(tx.conn(), schedules.iter().copied()).await?;
     let from: Vec<&str> = RunState::predecessors(to)
         .into_iter()
         .map(RunState::as_str)
         .collect();
     // Rows are locked first, so a run moved concurrently (a cancel, an ack) is re-checked
     // against `from` and left alone.
-    let moved: Vec<(Uuid, Uuid, DateTime<Utc>, String)> = sqlx::query_as(
+    let moved: Vec<MovedRow> = sqlx::query_as(
         "WITH target AS (
              SELECT id, fire_time, state FROM runs
              WHERE id = ANY($1) AND shard = $2 AND state = ANY($3)
@@ -145,43 +156,75 @@ async fn move_runs(
              FOR UPDATE
          )
          UPDATE runs r
-         SET state = $4, reason = $5, updated_at = now(),
+         SET state = $4, reason = $5, updated_at = now(), blocked_by = NULL,
              finished_at = CASE WHEN $6 THEN now() ELSE r.finished_at END
          FROM target t
          WHERE r.id = t.id AND r.fire_time = t.fire_time
-         RETURNING r.id, r.tenant_id, r.fire_time, t.state",
+         RETURNING r.id, r.tenant_id, r.fire_time, t.state AS from_state, r.job_id,
+                   r.schedule_id, r.schedule_version, r.attempt, r.cancel_requested",
     )
     .bind(&ids)
-    .bind(shard_value(lease.shard())?)
+    .bind(shard)
     .bind(&from)
     .bind(to.as_str())
     .bind(reason)
     .bind(to.is_terminal())
     .fetch_all(tx.conn())
     .await?;
-    let mut transitions = moved
-        .into_iter()
-        .map(|(run_id, tenant, fire_time, from)| {
-            Ok((
-                TenantId::from_uuid(tenant),
-                Transition {
-                    run_id,
-                    fire_time,
-                    from: Some(parse_state(run_id, &from)?),
-                    to,
-                    reason: reason.map(str::to_owned),
-                },
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut transitions = Vec::with_capacity(moved.len());
+    let mut failed = Vec::new();
+    for m in &moved {
+        transitions.push((
+            TenantId::from_uuid(m.tenant_id),
+            Transition {
+                run_id: m.id,
+                fire_time: m.fire_time,
+                from: Some(parse_state(m.id, &m.from_state)?),
+                to,
+                reason: reason.map(str::to_owned),
+            },
+        ));
+        if to == RunState::Failed {
+            failed.push(retries::FailedRow {
+                id: m.id,
+                job_id: m.job_id,
+                schedule_id: m.schedule_id,
+                schedule_version: m.schedule_version,
+                attempt: m.attempt,
+                fire_time: m.fire_time,
+                cancel_requested: m.cancel_requested,
+            });
+        }
+    }
     transitions.sort_by_key(|(_, t)| (t.fire_time, t.run_id));
     events::record_across_tenants(tx.tx(), &transitions).await?;
+    let (retries, retry_events) = retries::create(tx.conn(), &failed).await?;
+    events::record_across_tenants(tx.tx(), &retry_events).await?;
+    let released = overlap::release(tx.conn(), &schedules).await?;
     tx.commit().await?;
     tracing::debug!(asked = run_ids.len(), moved = transitions.len(), to = %to, "runs moved");
-    Ok(transitions
-        .into_iter()
-        .map(|(_, t)| RunId::from_uuid(t.run_id))
-        .collect())
+    Ok(EndedRuns {
+        moved: transitions
+            .into_iter()
+            .map(|(_, t)| RunId::from_uuid(t.run_id))
+            .collect(),
+        retries,
+        released,
+    })
+}
+
+/// A run `move_runs` moved, with what its retry needs.
+#[derive(Debug, sqlx::FromRow)]
+struct MovedRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    fire_time: DateTime<Utc>,
+    from_state: String,
+    job_id: Uuid,
+    schedule_id: Option<Uuid>,
+    schedule_version: Option<i64>,
+    attempt: i32,
+    cancel_requested: bool,
 }
 
 /// `scheduled` → `queued` (the single-shard form of `firing::fire_runs`).
@@ -233,7 +276,7 @@ pub(super) async fn skip_runs(
     lease: &ShardLease,
     run_ids: &[RunId],
     reason: SkipReason,
-) -> Result<Vec<RunId>> {
+) -> Result<EndedRuns> {
     move_runs(
         store,
         lease,
@@ -250,7 +293,7 @@ pub(super) async fn fail_lost_runs(
     store: &PgStore,
     lease: &ShardLease,
     run_ids: &[RunId],
-) -> Result<Vec<RunId>> {
+) -> Result<EndedRuns> {
     move_runs(
         store,
         lease,

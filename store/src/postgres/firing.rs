@@ -8,13 +8,20 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use kairos_domain::{FieldError, RunId, RunState, TenantId};
+use kairos_domain::{
+    FieldError, OverlapPolicy, RunId, RunState, SkipReason, TenantId,
+    overlap::{self as overlap_rule, ActiveKind, ActiveRun, FireDecision},
+    run::event_reason,
+};
 use uuid::Uuid;
 
 use super::PgStore;
 use super::dispatch::parse_state;
 use super::events::{self, Transition};
 use super::fencing;
+use super::overlap;
+use super::retries;
+use super::rows::stored_shard;
 use crate::{
     AckedRuns, DueRun, FinishedRun, FinishedRuns, FiredRuns, LeasedRun, Result, RunAck, RunReport,
     StoreError, cap_log_tail,
@@ -77,6 +84,29 @@ macro_rules! startable {
     };
 }
 
+/// A due run as the firing batch reads it before deciding: its schedule's overlap policy when
+/// it is a fire of a schedule (trigger `schedule`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Candidate {
+    id: Uuid,
+    fire_time: DateTime<Utc>,
+    schedule_id: Option<Uuid>,
+    overlap_policy: Option<String>,
+}
+
+/// What the overlap rule made of the batch's fires of schedules.
+#[derive(Debug, Default)]
+struct Decided {
+    /// Fires to start as usual.
+    start: HashSet<Uuid>,
+    skip: Vec<Candidate>,
+    /// Fires to queue held, with the run each waits for.
+    hold: Vec<(Candidate, Uuid)>,
+    /// Not-started runs a `replace` cancels, and running ones it stops.
+    cancel: Vec<overlap::ActiveRow>,
+    stop: Vec<overlap::ActiveRow>,
+}
+
 /// Fires due runs; see [`crate::SchedulerStore::fire_runs`].
 #[tracing::instrument(skip_all, fields(runs = due.len()))]
 pub(super) async fn fire_runs(store: &PgStore, due: &[DueRun]) -> Result<FiredRuns> {
@@ -100,45 +130,62 @@ pub(super) async fn fire_runs(store: &PgStore, due: &[DueRun]) -> Result<FiredRu
             ..FiredRuns::default()
         });
     }
-    let ids: Vec<Uuid> = live.iter().map(|d| d.run.id.as_uuid()).collect();
-    let workers: Vec<Option<&str>> = live.iter().map(|d| d.worker_id.as_deref()).collect();
     let range = fire_range(live.iter().map(|d| &d.run));
     let shards = batch.shard_values()?;
+    let decided = decide_overlaps(&mut batch, &live, &shards, range).await?;
+    let mut fired = FiredRuns::default();
+    let mut transitions = Vec::new();
+
+    // Everything not held back by the overlap rule fires as usual.
+    let starting: Vec<&DueRun> = live
+        .iter()
+        .copied()
+        .filter(|d| {
+            let id = d.run.id.as_uuid();
+            decided.start.contains(&id)
+                || !(decided.skip.iter().any(|c| c.id == id)
+                    || decided.hold.iter().any(|(c, _)| c.id == id))
+        })
+        .collect();
+    let ids: Vec<Uuid> = starting.iter().map(|d| d.run.id.as_uuid()).collect();
+    let workers: Vec<Option<&str>> = starting.iter().map(|d| d.worker_id.as_deref()).collect();
     // Rows are locked first (in id order), so a run moved concurrently (a cancel) is
     // re-checked against `scheduled` and left alone.
-    let moved: Vec<(Uuid, Uuid, DateTime<Utc>, bool)> = sqlx::query_as(concat!(
-        "WITH input AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::text[]) AS i(id, worker_id)
-         ),
-         target AS (
-             SELECT r.id, r.fire_time, i.worker_id,
-                    (i.worker_id IS NOT NULL AND ",
-        startable!(),
-        ") AS start
-             FROM runs r JOIN input i ON i.id = r.id
-             WHERE r.shard = ANY($3) AND r.state = 'scheduled'
-               AND r.fire_time >= $4 AND r.fire_time <= $5
-             ORDER BY r.id
-             FOR UPDATE OF r
-         )
-         UPDATE runs r
-         SET state = CASE WHEN t.start THEN 'running' ELSE 'queued' END,
-             worker_id = CASE WHEN t.start THEN t.worker_id ELSE r.worker_id END,
-             started_at = CASE WHEN t.start THEN now() ELSE r.started_at END,
-             updated_at = now()
-         FROM target t
-         WHERE r.id = t.id AND r.fire_time = t.fire_time
-         RETURNING r.id, r.tenant_id, r.fire_time, t.start"
-    ))
-    .bind(&ids)
-    .bind(&workers)
-    .bind(&shards)
-    .bind(range.0)
-    .bind(range.1)
-    .fetch_all(batch.tx.conn())
-    .await?;
-    let mut transitions = Vec::with_capacity(moved.len() * 2);
-    let mut fired = FiredRuns::default();
+    let moved: Vec<(Uuid, Uuid, DateTime<Utc>, bool)> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(concat!(
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[]) AS i(id, worker_id)
+             ),
+             target AS (
+                 SELECT r.id, r.fire_time, i.worker_id,
+                        (i.worker_id IS NOT NULL AND ",
+            startable!(),
+            ") AS start
+                 FROM runs r JOIN input i ON i.id = r.id
+                 WHERE r.shard = ANY($3) AND r.state = 'scheduled'
+                   AND r.fire_time >= $4 AND r.fire_time <= $5
+                 ORDER BY r.id
+                 FOR UPDATE OF r
+             )
+             UPDATE runs r
+             SET state = CASE WHEN t.start THEN 'running' ELSE 'queued' END,
+                 worker_id = CASE WHEN t.start THEN t.worker_id ELSE r.worker_id END,
+                 started_at = CASE WHEN t.start THEN now() ELSE r.started_at END,
+                 updated_at = now()
+             FROM target t
+             WHERE r.id = t.id AND r.fire_time = t.fire_time
+             RETURNING r.id, r.tenant_id, r.fire_time, t.start"
+        ))
+        .bind(&ids)
+        .bind(&workers)
+        .bind(&shards)
+        .bind(range.0)
+        .bind(range.1)
+        .fetch_all(batch.tx.conn())
+        .await?
+    };
     let mut moved = moved;
     moved.sort_by_key(|(id, _, fire_time, _)| (*fire_time, *id));
     for (id, tenant, fire_time, start) in moved {
@@ -157,15 +204,223 @@ pub(super) async fn fire_runs(store: &PgStore, due: &[DueRun]) -> Result<FiredRu
             fired.queued.push(RunId::from_uuid(id));
         }
     }
+    apply_overlaps(&mut batch, decided, &mut fired, &mut transitions).await?;
     events::record_across_tenants(batch.tx.tx(), &transitions).await?;
     fired.fenced = batch.commit().await?;
     tracing::debug!(
         asked = due.len(),
         queued = fired.queued.len(),
         started = fired.started.len(),
+        skipped = fired.skipped.len(),
+        held = fired.held.len(),
         "due runs fired"
     );
     Ok(fired)
+}
+
+/// Reads the batch's fires of schedules whose policy is not `allow`, takes those schedules'
+/// overlap locks, and decides each fire (in fire order) against the schedule's runs in
+/// progress and the batch's fires decided before it. Everything else starts.
+async fn decide_overlaps(
+    batch: &mut fencing::FencedBatch,
+    live: &[&DueRun],
+    shards: &[i16],
+    range: (DateTime<Utc>, DateTime<Utc>),
+) -> Result<Decided> {
+    let ids: Vec<Uuid> = live.iter().map(|d| d.run.id.as_uuid()).collect();
+    macro_rules! candidates_sql {
+        ($tail:literal) => {
+            concat!(
+                "SELECT r.id, r.fire_time, r.schedule_id, s.overlap_policy
+                 FROM runs r
+                 LEFT JOIN schedules s ON s.id = r.schedule_id
+                 WHERE r.id = ANY($1) AND r.shard = ANY($2) AND r.state = 'scheduled'
+                   AND r.trigger = 'schedule' AND r.fire_time >= $3 AND r.fire_time <= $4",
+                $tail
+            )
+        };
+    }
+    // A first, unlocking read finds the schedules whose locks to take: overlap locks come
+    // before any run's row lock.
+    let first: Vec<Candidate> = sqlx::query_as(candidates_sql!(""))
+        .bind(&ids)
+        .bind(shards)
+        .bind(range.0)
+        .bind(range.1)
+        .fetch_all(batch.tx.conn())
+        .await?;
+    let needs = |c: &Candidate| {
+        c.schedule_id.is_some() && c.overlap_policy.as_deref().is_some_and(|p| p != "allow")
+    };
+    let schedules: Vec<Uuid> = first
+        .iter()
+        .filter(|c| needs(c))
+        .filter_map(|c| c.schedule_id)
+        .collect();
+    if schedules.is_empty() {
+        return Ok(Decided::default());
+    }
+    overlap::lock(batch.tx.conn(), schedules.iter().copied()).await?;
+    let mut candidates: Vec<Candidate> =
+        sqlx::query_as(candidates_sql!(" ORDER BY r.id FOR UPDATE OF r"))
+        .bind(&ids)
+        .bind(shards)
+        .bind(range.0)
+        .bind(range.1)
+        .fetch_all(batch.tx.conn())
+        .await?;
+    candidates.retain(|c| c.schedule_id.is_some_and(|s| schedules.contains(&s)));
+    candidates.sort_by_key(|c| (c.fire_time, c.id));
+    let by_id: HashMap<Uuid, Candidate> = candidates.iter().map(|c| (c.id, c.clone())).collect();
+    let mut schedule_ids: Vec<Uuid> = schedules;
+    schedule_ids.sort_unstable();
+    schedule_ids.dedup();
+    let active = overlap::active_runs(batch.tx.conn(), &schedule_ids).await?;
+    let mut by_schedule: HashMap<Uuid, Vec<(ActiveRun, Option<overlap::ActiveRow>)>> =
+        HashMap::new();
+    for row in active {
+        by_schedule
+            .entry(row.schedule_id)
+            .or_default()
+            .push((row.active()?, Some(row)));
+    }
+    let mut decided = Decided::default();
+    for c in candidates {
+        let (Some(schedule), Some(raw)) = (c.schedule_id, c.overlap_policy.as_deref()) else {
+            continue;
+        };
+        let policy = OverlapPolicy::parse(raw)
+            .map_err(|e| StoreError::Corrupt(format!("schedule {schedule}: {e}")))?;
+        let in_progress = by_schedule.entry(schedule).or_default();
+        let view: Vec<ActiveRun> = in_progress.iter().map(|(a, _)| *a).collect();
+        let outcome = overlap_rule::decide(policy, &view);
+        for id in &outcome.cancel {
+            if let Some(pos) = in_progress.iter().position(|(a, _)| a.id == *id) {
+                let (_, row) = in_progress.remove(pos);
+                // A fire of this batch that an earlier one held is only in memory: it was
+                // never written, so there is nothing to cancel but the decision itself.
+                match row {
+                    Some(row) => decided.cancel.push(row),
+                    None => {
+                        // Superseded before it was ever queued: recorded skipped (overlap).
+                        let id = id.as_uuid();
+                        if decided.start.remove(&id)
+                            && let Some(earlier) = by_id.get(&id)
+                        {
+                            decided.skip.push(earlier.clone());
+                        }
+                        if let Some(p) = decided.hold.iter().position(|(h, _)| h.id == id) {
+                            let (held, _) = decided.hold.remove(p);
+                            decided.skip.push(held);
+                        }
+                    }
+                }
+            }
+        }
+        for id in &outcome.stop {
+            if let Some((_, Some(row))) = in_progress.iter().find(|(a, _)| a.id == *id)
+                && !decided.stop.iter().any(|s| s.id == row.id)
+            {
+                decided.stop.push(row.clone());
+            }
+        }
+        let me = RunId::from_uuid(c.id);
+        match outcome.fire {
+            FireDecision::Start => {
+                decided.start.insert(c.id);
+                in_progress.push((
+                    ActiveRun {
+                        id: me,
+                        kind: ActiveKind::Queued,
+                    },
+                    None,
+                ));
+            }
+            FireDecision::Skip => decided.skip.push(c),
+            FireDecision::Hold { blocked_by } => {
+                in_progress.push((
+                    ActiveRun {
+                        id: me,
+                        kind: ActiveKind::Held,
+                    },
+                    None,
+                ));
+                decided.hold.push((c, blocked_by.as_uuid()));
+            }
+        }
+    }
+    Ok(decided)
+}
+
+/// Writes what the overlap rule decided besides the starts: skipped and held fires, and the
+/// cancels and stops of `replace`.
+async fn apply_overlaps(
+    batch: &mut fencing::FencedBatch,
+    decided: Decided,
+    fired: &mut FiredRuns,
+    transitions: &mut Vec<(TenantId, Transition)>,
+) -> Result<()> {
+    if !decided.skip.is_empty() {
+        let ids: Vec<Uuid> = decided.skip.iter().map(|c| c.id).collect();
+        let times: Vec<DateTime<Utc>> = decided.skip.iter().map(|c| c.fire_time).collect();
+        let skipped: Vec<(Uuid, Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "UPDATE runs r
+             SET state = 'skipped', reason = $3, finished_at = now(), updated_at = now()
+             FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, fire_time)
+             WHERE r.id = u.id AND r.fire_time = u.fire_time AND r.state = 'scheduled'
+             RETURNING r.id, r.tenant_id, r.fire_time",
+        )
+        .bind(&ids)
+        .bind(&times)
+        .bind(SkipReason::Overlap.as_str())
+        .fetch_all(batch.tx.conn())
+        .await?;
+        for (id, tenant, fire_time) in skipped {
+            transitions.push((
+                TenantId::from_uuid(tenant),
+                Transition {
+                    reason: Some(SkipReason::Overlap.as_str().to_owned()),
+                    ..transition(id, fire_time, RunState::Scheduled, RunState::Skipped)
+                },
+            ));
+            fired.skipped.push(RunId::from_uuid(id));
+        }
+    }
+    if !decided.hold.is_empty() {
+        let ids: Vec<Uuid> = decided.hold.iter().map(|(c, _)| c.id).collect();
+        let times: Vec<DateTime<Utc>> = decided.hold.iter().map(|(c, _)| c.fire_time).collect();
+        let blockers: Vec<Uuid> = decided.hold.iter().map(|(_, b)| *b).collect();
+        let held: Vec<(Uuid, Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "UPDATE runs r
+             SET state = 'queued', blocked_by = u.blocked_by, updated_at = now()
+             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[]) AS u(id, fire_time, blocked_by)
+             WHERE r.id = u.id AND r.fire_time = u.fire_time AND r.state = 'scheduled'
+             RETURNING r.id, r.tenant_id, r.fire_time",
+        )
+        .bind(&ids)
+        .bind(&times)
+        .bind(&blockers)
+        .fetch_all(batch.tx.conn())
+        .await?;
+        for (id, tenant, fire_time) in held {
+            transitions.push((
+                TenantId::from_uuid(tenant),
+                Transition {
+                    reason: Some(event_reason::OVERLAP_HELD.to_owned()),
+                    ..transition(id, fire_time, RunState::Scheduled, RunState::Queued)
+                },
+            ));
+            fired.held.push(RunId::from_uuid(id));
+        }
+    }
+    let cancel: Vec<&overlap::ActiveRow> = decided.cancel.iter().collect();
+    let stop: Vec<&overlap::ActiveRow> = decided.stop.iter().collect();
+    let replaced = overlap::replace(batch.tx.conn(), &cancel, &stop).await?;
+    transitions.extend(replaced.cancelled);
+    for row in replaced.stopped {
+        fired.stop.push((stored_shard(row.shard)?, RunId::from_uuid(row.id)));
+    }
+    Ok(())
 }
 
 /// Workers' acks; see [`crate::SchedulerStore::ack_runs`].
@@ -196,7 +451,7 @@ pub(super) async fn ack_runs(store: &PgStore, acks: &[RunAck]) -> Result<AckedRu
              target AS (
                  SELECT r.id, r.fire_time, i.worker_id
                  FROM runs r JOIN input i ON i.id = r.id
-                 WHERE r.shard = ANY($3) AND r.state = 'queued'
+                 WHERE r.shard = ANY($3) AND r.state = 'queued' AND r.blocked_by IS NULL
                    AND r.fire_time >= $4 AND r.fire_time <= $5 AND ",
             startable!(),
             "
@@ -282,7 +537,12 @@ pub(super) async fn finish_runs(store: &PgStore, reports: &[RunReport]) -> Resul
         truncated.push(cut || r.outcome.log_truncated);
     }
     let mut applied: HashMap<Uuid, RunState> = HashMap::new();
+    let mut retries_owed = Vec::new();
+    let mut ended_schedules = Vec::new();
     if n > 0 {
+        // Their schedules' overlap locks come first: an end may release a held fire.
+        ended_schedules = schedules_of_running(batch.tx.conn(), &ids, &shards, range).await?;
+        overlap::lock(batch.tx.conn(), ended_schedules.iter().copied()).await?;
         let finished: Vec<FinishedRow> = sqlx::query_as(
             "WITH input AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[],
@@ -297,12 +557,16 @@ pub(super) async fn finish_runs(store: &PgStore, reports: &[RunReport]) -> Resul
                  FOR UPDATE OF r
              )
              UPDATE runs r
-             SET state = i.state, reason = i.reason, exit_code = i.exit_code,
+             SET state = i.state,
+                 reason = CASE WHEN i.state = 'cancelled'
+                               THEN COALESCE(r.cancel_reason, i.reason) ELSE i.reason END,
+                 exit_code = i.exit_code,
                  log_tail = i.log_tail, log_truncated = i.log_truncated,
                  finished_at = now(), updated_at = now()
              FROM target t JOIN input i ON i.id = t.id
              WHERE r.id = t.id AND r.fire_time = t.fire_time
-             RETURNING r.id, r.tenant_id, r.fire_time, r.state, r.reason",
+             RETURNING r.id, r.tenant_id, r.fire_time, r.state, r.reason, r.job_id,
+                       r.schedule_id, r.schedule_version, r.attempt, r.cancel_requested",
         )
         .bind(&ids)
         .bind(&states)
@@ -317,23 +581,37 @@ pub(super) async fn finish_runs(store: &PgStore, reports: &[RunReport]) -> Resul
         .await?;
         let mut transitions = Vec::with_capacity(finished.len());
         let mut finished = finished;
-        finished.sort_by_key(|(id, _, fire_time, _, _)| (*fire_time, *id));
-        for (id, tenant, fire_time, state, reason) in finished {
-            let to = parse_state(id, &state)?;
-            applied.insert(id, to);
+        finished.sort_by_key(|f| (f.fire_time, f.id));
+        for f in finished {
+            let to = parse_state(f.id, &f.state)?;
+            applied.insert(f.id, to);
             transitions.push((
-                TenantId::from_uuid(tenant),
+                TenantId::from_uuid(f.tenant_id),
                 Transition {
-                    run_id: id,
-                    fire_time,
+                    run_id: f.id,
+                    fire_time: f.fire_time,
                     from: Some(RunState::Running),
                     to,
-                    reason,
+                    reason: f.reason,
                 },
             ));
+            if to == RunState::Failed {
+                retries_owed.push(retries::FailedRow {
+                    id: f.id,
+                    job_id: f.job_id,
+                    schedule_id: f.schedule_id,
+                    schedule_version: f.schedule_version,
+                    attempt: f.attempt,
+                    fire_time: f.fire_time,
+                    cancel_requested: f.cancel_requested,
+                });
+            }
         }
         events::record_across_tenants(batch.tx.tx(), &transitions).await?;
     }
+    let (retries, retry_events) = retries::create(batch.tx.conn(), &retries_owed).await?;
+    events::record_across_tenants(batch.tx.tx(), &retry_events).await?;
+    let released = overlap::release(batch.tx.conn(), &ended_schedules).await?;
     // The rest: already terminal (a late or repeated report), not started, or not the shard's.
     let rest: Vec<Uuid> = ids
         .iter()
@@ -391,11 +669,49 @@ pub(super) async fn finish_runs(store: &PgStore, reports: &[RunReport]) -> Resul
         };
         results.push((id, result));
     }
-    Ok(FinishedRuns { results, fenced })
+    Ok(FinishedRuns {
+        results,
+        retries,
+        released,
+        fenced,
+    })
 }
 
-/// A run `finish_runs` moved: id, tenant, fire time, new state and reason.
-type FinishedRow = (Uuid, Uuid, DateTime<Utc>, String, Option<String>);
+/// A run `finish_runs` moved.
+#[derive(Debug, sqlx::FromRow)]
+struct FinishedRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    fire_time: DateTime<Utc>,
+    state: String,
+    reason: Option<String>,
+    job_id: Uuid,
+    schedule_id: Option<Uuid>,
+    schedule_version: Option<i64>,
+    attempt: i32,
+    cancel_requested: bool,
+}
+
+/// The schedules of those of `ids` (of `shards`) that are in progress: whose overlap locks an
+/// end of them must take before it locks the runs.
+pub(super) async fn schedules_of_running(
+    conn: &mut sqlx::PgConnection,
+    ids: &[Uuid],
+    shards: &[i16],
+    range: (DateTime<Utc>, DateTime<Utc>),
+) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT schedule_id FROM runs
+         WHERE id = ANY($1) AND shard = ANY($2) AND fire_time >= $3 AND fire_time <= $4
+           AND schedule_id IS NOT NULL AND state IN ('scheduled', 'queued', 'running')",
+    )
+    .bind(ids)
+    .bind(shards)
+    .bind(range.0)
+    .bind(range.1)
+    .fetch_all(conn)
+    .await?)
+}
 
 fn transition(run_id: Uuid, fire_time: DateTime<Utc>, from: RunState, to: RunState) -> Transition {
     Transition {

@@ -160,7 +160,7 @@ pub(super) async fn delete(store: &PgStore, tenant: TenantId, id: JobId) -> Resu
             .await?;
     }
     tx.commit().await?;
-    tracing::info!(cancelled, "job deleted");
+    tracing::info!(cancelled = cancelled.runs, "job deleted");
     Ok(())
 }
 

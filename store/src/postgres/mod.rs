@@ -9,8 +9,10 @@ mod firing;
 mod jobs;
 mod listen;
 mod offers;
+mod overlap;
 mod partitions;
 mod planning;
+mod retries;
 mod rows;
 mod runs;
 mod schedules;
@@ -28,7 +30,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::{
-    AckedRuns, Assignment, DueRun, DueSchedule, FinishedRun, FinishedRuns, FiredRuns, Job,
+    AckedRuns, Assignment, Backfill, DueRetry, DueRun, DueSchedule, EndedRuns, FinishedRun,
+    FinishedRuns, FiredRuns, Job,
     LeasedRun, Materialize, MaterializedAcross, MaterializedRun, NewApiKey, NewRun, NewSchedule,
     Offer, Page, PartitionReport, PendingRun, Result, Run, RunAck, RunEvent, RunFilter, RunLogs,
     RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore, ShardChange, ShardLease,
@@ -174,8 +177,9 @@ impl Store for PgStore {
         tenant: TenantId,
         schedule: &Schedule,
         fire_times: &[DateTime<Utc>],
-    ) -> Result<Vec<Run>> {
-        runs::create_backfill(self, tenant, schedule, fire_times).await
+        dry_run: bool,
+    ) -> Result<Backfill> {
+        runs::create_backfill(self, tenant, schedule, fire_times, dry_run).await
     }
 
     async fn get_run(&self, tenant: TenantId, id: RunId) -> Result<Run> {
@@ -259,6 +263,23 @@ impl SchedulerStore for PgStore {
         firing::finish_runs(self, reports).await
     }
 
+    async fn due_retries_across(
+        &self,
+        shards: &[ShardId],
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueRetry>> {
+        planning::due_retries_across(self, shards, until, limit).await
+    }
+
+    async fn schedules_of_shard(
+        &self,
+        lease: &ShardLease,
+        ids: &[ScheduleId],
+    ) -> Result<Vec<Schedule>> {
+        planning::schedules_of_shard(self, lease, ids).await
+    }
+
     async fn follow_changes(
         &self,
         changes: tokio::sync::mpsc::Sender<ShardChange>,
@@ -308,7 +329,7 @@ impl SchedulerStore for PgStore {
         lease: &ShardLease,
         run_ids: &[RunId],
         reason: SkipReason,
-    ) -> Result<Vec<RunId>> {
+    ) -> Result<EndedRuns> {
         dispatch::skip_runs(self, lease, run_ids, reason).await
     }
 
@@ -330,7 +351,7 @@ impl SchedulerStore for PgStore {
         dispatch::finish_run(self, lease, run_id, outcome).await
     }
 
-    async fn fail_lost_runs(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<RunId>> {
+    async fn fail_lost_runs(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<EndedRuns> {
         dispatch::fail_lost_runs(self, lease, run_ids).await
     }
 

@@ -35,7 +35,8 @@ pub(super) async fn run_offers(
 }
 
 /// What workers need to start these runs: those still `queued` (or, `upcoming`, also still
-/// `scheduled`), not cancel-requested, of a live job, among the runs of the leases' shards.
+/// `scheduled`), not held by the overlap policy, not cancel-requested, of a live job, among
+/// the runs of the leases' shards.
 #[tracing::instrument(skip_all, fields(runs = runs.len(), upcoming))]
 pub(super) async fn offers_across(
     store: &PgStore,
@@ -63,7 +64,8 @@ pub(super) async fn offers_across(
         "SELECT ",
         run_columns!(),
         " FROM runs WHERE id = ANY($1) AND shard = ANY($2) AND state = ANY($3)
-            AND NOT cancel_requested AND fire_time >= $4 AND fire_time <= $5"
+            AND NOT cancel_requested AND blocked_by IS NULL
+            AND fire_time >= $4 AND fire_time <= $5"
     ))
     .bind(&ids)
     .bind(&shards)

@@ -13,8 +13,8 @@ use super::fencing;
 use super::rows::{ScheduleRow, convert, schedule_columns, shard_value};
 use super::{PgStore, dispatch::parse_state};
 use crate::{
-    DueSchedule, Materialize, MaterializedAcross, MaterializedRun, Result, Schedule, ShardLease,
-    StoreError,
+    DueRetry, DueSchedule, Materialize, MaterializedAcross, MaterializedRun, Result, Schedule,
+    ShardLease, StoreError,
 };
 
 /// Unpaused schedules of the lease's shard due by `until`, earliest first.
@@ -59,6 +59,7 @@ pub(super) async fn due_schedules(
                 version: s.version,
                 spec: s.spec,
                 next_fire_at,
+                fire_count: s.fire_count,
             })
         })
         .collect()
@@ -174,8 +175,9 @@ pub(super) async fn materialize_across(
         states.push(f.state.run_state().as_str());
         reasons.push(f.state.reason());
     }
-    // I1: the unique (schedule_id, fire_time, attempt) key makes a repeated call (after a
-    // timeout, a crash, or by a node that lost the shard in between) create nothing.
+    // I1: the unique (schedule_id, fire_time, schedule_version) key of scheduled fires makes a
+    // repeated call (after a timeout, a crash, or by a node that lost the shard in between)
+    // create nothing.
     let inserted: Vec<(Uuid, Uuid, Uuid, i16, DateTime<Utc>, String)> = sqlx::query_as(
         "INSERT INTO runs (id, tenant_id, job_id, schedule_id, schedule_version, shard, trigger,
              attempt, fire_time, state, reason, finished_at)
@@ -186,7 +188,8 @@ pub(super) async fn materialize_across(
               WITH ORDINALITY AS f(id, tenant_id, job_id, schedule_id, version, shard,
                                    fire_time, state, reason, n)
          ORDER BY f.n
-         ON CONFLICT (schedule_id, fire_time, attempt) DO NOTHING
+         ON CONFLICT (schedule_id, fire_time, schedule_version) WHERE trigger = 'schedule'
+         DO NOTHING
          RETURNING id, tenant_id, schedule_id, shard, fire_time, state",
     )
     .bind(&ids)
@@ -239,17 +242,25 @@ pub(super) async fn materialize_across(
 
     if runs.len() < n {
         // Fires that had their run already: answer it, so a retried call loses nothing.
+        let version_of: HashMap<Uuid, i64> = kept.iter().map(|(_, s)| (s.id, s.version)).collect();
         let (schedules, fire_times): (Vec<Uuid>, Vec<DateTime<Utc>>) =
             reason_of.keys().copied().unzip();
+        let versions: Vec<i64> = schedules
+            .iter()
+            .map(|s| version_of.get(s).copied().unwrap_or_default())
+            .collect();
         let existing: Vec<(Uuid, Uuid, i16, DateTime<Utc>, String)> = sqlx::query_as(
             "SELECT r.id, r.schedule_id, r.shard, r.fire_time, r.state
              FROM runs r
-             JOIN UNNEST($1::uuid[], $2::timestamptz[]) AS f(schedule_id, fire_time)
+             JOIN UNNEST($1::uuid[], $2::timestamptz[], $3::bigint[])
+                  AS f(schedule_id, fire_time, version)
                ON r.schedule_id = f.schedule_id AND r.fire_time = f.fire_time
-             WHERE r.attempt = 1",
+                  AND r.schedule_version = f.version
+             WHERE r.trigger = 'schedule'",
         )
         .bind(&schedules)
         .bind(&fire_times)
+        .bind(&versions)
         .fetch_all(batch.tx.conn())
         .await?;
         for (id, schedule, shard, fire_time, state) in existing {
@@ -267,7 +278,16 @@ pub(super) async fn materialize_across(
     }
     runs.sort_by_key(|(_, r)| (r.fire_time, r.schedule_id.as_uuid()));
 
-    advance_next_fires(&mut batch.tx, &kept).await?;
+    let created_per_schedule = {
+        let mut n: HashMap<Uuid, i64> = HashMap::new();
+        for (_, r) in &runs {
+            if r.created {
+                *n.entry(r.schedule_id.as_uuid()).or_default() += 1;
+            }
+        }
+        n
+    };
+    advance_next_fires(&mut batch.tx, &kept, &created_per_schedule).await?;
     let fenced = batch.commit().await?;
     let new = created.len();
     tracing::debug!(
@@ -286,39 +306,123 @@ fn shard_id(value: i16) -> Result<ShardId> {
 }
 
 /// Moves each schedule's `next_fire_at` to the value carried by its latest kept fire, only
-/// forward, and only while the schedule is at the fires' version.
+/// forward, and only while the schedule is at the fires' version; adds the fires this call
+/// created to its fire count and moves `last_fire_at` to the latest of them. Once the count
+/// reaches `max_runs`, `next_fire_at` is `None` whatever the planner computed.
 async fn advance_next_fires(
     tx: &mut fencing::FencedTx,
     kept: &[(&Materialize, LockedSchedule)],
+    created: &HashMap<Uuid, i64>,
 ) -> Result<()> {
     // `kept` is in fire order: the last fire of a schedule wins.
-    let mut latest: HashMap<Uuid, (i64, Option<DateTime<Utc>>)> = HashMap::new();
+    let mut latest: HashMap<Uuid, (i64, Option<DateTime<Utc>>, DateTime<Utc>)> = HashMap::new();
     for (f, s) in kept {
-        latest.insert(s.id, (s.version, f.next_fire_at));
+        latest.insert(s.id, (s.version, f.next_fire_at, f.fire_time));
     }
-    let mut ids = Vec::with_capacity(latest.len());
-    let mut versions = Vec::with_capacity(latest.len());
-    let mut nexts = Vec::with_capacity(latest.len());
+    let n = latest.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut nexts = Vec::with_capacity(n);
+    let mut lasts = Vec::with_capacity(n);
+    let mut counts = Vec::with_capacity(n);
     let mut entries: Vec<_> = latest.into_iter().collect();
     entries.sort_unstable_by_key(|(id, _)| *id);
-    for (id, (version, next)) in entries {
+    for (id, (version, next, last)) in entries {
         ids.push(id);
         versions.push(version);
         nexts.push(next);
+        lasts.push(last);
+        counts.push(created.get(&id).copied().unwrap_or(0));
     }
     sqlx::query(
-        "UPDATE schedules s SET next_fire_at = u.next_fire_at
-         FROM UNNEST($1::uuid[], $2::bigint[], $3::timestamptz[]) AS u(id, version, next_fire_at)
-         WHERE s.id = u.id AND s.version = u.version
-           AND s.next_fire_at IS NOT NULL
-           AND (u.next_fire_at IS NULL OR u.next_fire_at > s.next_fire_at)",
+        "UPDATE schedules s
+         SET fire_count = s.fire_count + u.created,
+             last_fire_at = CASE WHEN u.created > 0
+                                 THEN GREATEST(s.last_fire_at, u.last_fire_at)
+                                 ELSE s.last_fire_at END,
+             next_fire_at = CASE
+                 WHEN s.max_runs IS NOT NULL AND s.fire_count + u.created >= s.max_runs THEN NULL
+                 WHEN s.next_fire_at IS NOT NULL
+                      AND (u.next_fire_at IS NULL OR u.next_fire_at > s.next_fire_at)
+                     THEN u.next_fire_at
+                 ELSE s.next_fire_at END
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
+              AS u(id, version, next_fire_at, last_fire_at, created)
+         WHERE s.id = u.id AND s.version = u.version",
     )
     .bind(&ids)
     .bind(&versions)
     .bind(&nexts)
+    .bind(&lasts)
+    .bind(&counts)
     .execute(tx.conn())
     .await?;
     Ok(())
+}
+
+/// Retries of many owned shards waiting for their backoff, due by `until` (a read).
+#[tracing::instrument(skip_all, fields(shards = shards.len()))]
+pub(super) async fn due_retries_across(
+    store: &PgStore,
+    shards: &[ShardId],
+    until: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<DueRetry>> {
+    if limit == 0 || shards.is_empty() {
+        return Ok(Vec::new());
+    }
+    let shard_values: Vec<i16> = shards
+        .iter()
+        .map(|s| shard_value(*s))
+        .collect::<Result<_>>()?;
+    // The partial index runs_retry_due_idx (shard, due_at) answers this.
+    let rows: Vec<(i16, Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT shard, id, fire_time, due_at FROM runs
+         WHERE shard = ANY($1) AND state = 'scheduled' AND trigger = 'retry' AND due_at <= $2
+         ORDER BY due_at, id
+         LIMIT $3",
+    )
+    .bind(&shard_values)
+    .bind(until)
+    .bind(i64::from(limit))
+    .fetch_all(store.pool())
+    .await?;
+    rows.into_iter()
+        .map(|(shard, id, fire_time, due_at)| {
+            Ok(DueRetry {
+                shard: shard_id(shard)?,
+                id: RunId::from_uuid(id),
+                fire_time,
+                due_at,
+            })
+        })
+        .collect()
+}
+
+/// The schedules among `ids` of the lease's shard (a fenced read).
+#[tracing::instrument(skip_all, fields(shard = lease.shard().get(), schedules = ids.len()))]
+pub(super) async fn schedules_of_shard(
+    store: &PgStore,
+    lease: &ShardLease,
+    ids: &[ScheduleId],
+) -> Result<Vec<Schedule>> {
+    let mut tx = fencing::begin(store, lease).await?;
+    if ids.is_empty() {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+    let rows: Vec<ScheduleRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        schedule_columns!(),
+        " FROM schedules WHERE id = ANY($1) AND shard = $2 ORDER BY id"
+    ))
+    .bind(&ids)
+    .bind(shard_value(lease.shard())?)
+    .fetch_all(tx.conn())
+    .await?;
+    tx.commit().await?;
+    convert(rows)
 }
 
 /// Due schedules of many owned shards in one round trip (the node-level planning scan). A
@@ -366,6 +470,7 @@ pub(super) async fn due_schedules_across(
                     version: s.version,
                     spec: s.spec,
                     next_fire_at,
+                    fire_count: s.fire_count,
                 },
             ))
         })
@@ -385,6 +490,7 @@ pub(super) async fn queued_runs_across(
         limit,
         "SELECT shard, id, fire_time FROM runs
          WHERE shard = ANY($1) AND state = 'queued' AND NOT cancel_requested
+           AND blocked_by IS NULL
          ORDER BY fire_time, id
          LIMIT $2",
     )

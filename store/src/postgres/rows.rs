@@ -158,8 +158,8 @@ macro_rules! schedule_columns {
     () => {
         "id, tenant_id, job_id, shard, kind, cron, \
      interval_seconds, interval_anchor, at, timezone, start_at, end_at, overlap_policy, \
-     catchup_window_seconds, jitter_seconds, paused, pause_note, version, next_fire_at, \
-     created_at, updated_at"
+     catchup_window_seconds, catchup_max_runs, jitter_seconds, max_runs, paused, pause_note, \
+     paused_at, version, next_fire_at, fire_count, last_fire_at, created_at, updated_at"
     };
 }
 pub(super) use schedule_columns;
@@ -180,11 +180,16 @@ pub(super) struct ScheduleRow {
     end_at: Option<DateTime<Utc>>,
     overlap_policy: String,
     catchup_window_seconds: i32,
+    catchup_max_runs: i32,
     jitter_seconds: i32,
+    max_runs: Option<i32>,
     paused: bool,
     pause_note: Option<String>,
+    paused_at: Option<DateTime<Utc>>,
     version: i64,
     next_fire_at: Option<DateTime<Utc>>,
+    fire_count: i64,
+    last_fire_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -228,7 +233,13 @@ impl TryFrom<ScheduleRow> for Schedule {
             overlap_policy: OverlapPolicy::parse(&row.overlap_policy).map_err(corrupt)?,
             catchup_window_seconds: uint("catchup_window_seconds", row.catchup_window_seconds)
                 .map_err(corrupt)?,
+            catchup_max_runs: uint("catchup_max_runs", row.catchup_max_runs).map_err(corrupt)?,
             jitter_seconds: uint("jitter_seconds", row.jitter_seconds).map_err(corrupt)?,
+            max_runs: row
+                .max_runs
+                .map(|m| uint("max_runs", m))
+                .transpose()
+                .map_err(corrupt)?,
         };
         Ok(Schedule {
             id: ScheduleId::from_uuid(row.id),
@@ -238,15 +249,19 @@ impl TryFrom<ScheduleRow> for Schedule {
             spec,
             paused: row.paused,
             pause_note: row.pause_note,
+            paused_at: row.paused_at,
             version: row.version,
             next_fire_at: row.next_fire_at,
+            fire_count: u64::try_from(row.fire_count)
+                .map_err(|_| corrupt(FieldError::new("fire_count", "is negative")))?,
+            last_fire_at: row.last_fire_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
     }
 }
 
-/// A schedule spec as column values (`kind` through `jitter_seconds`).
+/// A schedule spec as column values (`kind` through `max_runs`).
 #[derive(Debug)]
 pub(super) struct ScheduleValues<'a> {
     pub kind: &'static str,
@@ -259,7 +274,9 @@ pub(super) struct ScheduleValues<'a> {
     pub end_at: Option<DateTime<Utc>>,
     pub overlap_policy: &'static str,
     pub catchup_window_seconds: i32,
+    pub catchup_max_runs: i32,
     pub jitter_seconds: i32,
+    pub max_runs: Option<i32>,
 }
 
 impl<'a> ScheduleValues<'a> {
@@ -286,7 +303,9 @@ impl<'a> ScheduleValues<'a> {
             end_at: spec.end_at,
             overlap_policy: spec.overlap_policy.as_str(),
             catchup_window_seconds: int("catchup_window_seconds", spec.catchup_window_seconds)?,
+            catchup_max_runs: int("catchup_max_runs", spec.catchup_max_runs)?,
             jitter_seconds: int("jitter_seconds", spec.jitter_seconds)?,
+            max_runs: spec.max_runs.map(|m| int("max_runs", m)).transpose()?,
         })
     }
 }
@@ -297,8 +316,8 @@ impl<'a> ScheduleValues<'a> {
 macro_rules! run_columns {
     () => {
         "id, tenant_id, job_id, schedule_id, schedule_version, \
-     shard, trigger, attempt, retry_of, fire_time, state, reason, exit_code, worker_id, \
-     cancel_requested, env, created_at, started_at, finished_at"
+     shard, trigger, attempt, retry_of, fire_time, due_at, state, reason, exit_code, worker_id, \
+     cancel_requested, blocked_by, env, created_at, started_at, finished_at"
     };
 }
 pub(super) use run_columns;
@@ -315,11 +334,13 @@ pub(super) struct RunRow {
     attempt: i32,
     retry_of: Option<Uuid>,
     fire_time: DateTime<Utc>,
+    due_at: Option<DateTime<Utc>>,
     state: String,
     reason: Option<String>,
     exit_code: Option<i32>,
     worker_id: Option<String>,
     cancel_requested: bool,
+    blocked_by: Option<Uuid>,
     env: Json<Value>,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
@@ -344,11 +365,13 @@ impl TryFrom<RunRow> for Run {
             attempt: uint("attempt", row.attempt).map_err(corrupt)?,
             retry_of: row.retry_of.map(RunId::from_uuid),
             fire_time: row.fire_time,
+            due_at: row.due_at.unwrap_or(row.fire_time),
             state: state("state", &row.state).map_err(corrupt)?,
             reason: row.reason,
             exit_code: row.exit_code,
             worker_id: row.worker_id,
             cancel_requested: row.cancel_requested,
+            blocked_by: row.blocked_by.map(RunId::from_uuid),
             env: Env::parse_as("env", string_map("env", row.env.0).map_err(corrupt)?)
                 .map_err(corrupt)?,
             created_at: row.created_at,

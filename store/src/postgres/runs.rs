@@ -4,19 +4,20 @@
 
 use chrono::{DateTime, Utc};
 use kairos_domain::{
-    FieldError, JobId, PageRequest, RunId, RunState, ScheduleId, TenantId, Trigger,
-    run::cancel_reason,
+    FieldError, JobId, PageRequest, RunId, RunState, ScheduleId, SkipReason, TenantId, Trigger,
+    overlap::{self as overlap_rule, FireDecision},
+    run::{cancel_reason, event_reason},
 };
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use super::events::{self, Transition};
-use super::rows::{RunRow, convert, page_of, push_keyset, run_columns, shard_value};
+use super::rows::{RunRow, convert, page_of, push_keyset, run_columns, shard_value, stored_shard};
 use super::tx::Tx;
-use super::{PgStore, jobs, schedules};
+use super::{PgStore, jobs, overlap, schedules};
 use crate::{
-    NewRun, Page, RUNS_CANCEL_CHANNEL, RUNS_QUEUED_CHANNEL, Result, Run, RunFilter, RunLogs,
-    Schedule, StoreError,
+    Backfill, NewRun, Page, RUNS_CANCEL_CHANNEL, RUNS_QUEUED_CHANNEL, Result, Run, RunFilter,
+    RunLogs, Schedule, StoreError,
 };
 
 /// Longest idempotency key accepted (it is part of a btree primary key).
@@ -55,6 +56,14 @@ pub(super) async fn create(
     let shard = shard_value(new.shard)?;
 
     let mut tx = store.begin().await?;
+    let overlap_policy = match new.schedule {
+        Some((schedule, _)) => new.overlap.map(|policy| (schedule, policy)),
+        None => None,
+    };
+    if let Some((schedule, _)) = overlap_policy {
+        // The overlap lock comes before any row lock (see `overlap.rs`).
+        overlap::lock(tx.conn(), [schedule.as_uuid()]).await?;
+    }
     jobs::lock_live(tx.conn(), tenant, new.job_id).await?;
     if let Some(key) = idempotency_key {
         let claimed: Option<Uuid> = sqlx::query_scalar(
@@ -86,10 +95,39 @@ pub(super) async fn create(
             return Err(jobs::version_conflict("schedule", version, locked.version));
         }
     }
+    // The overlap rule, against the schedule's runs in progress.
+    let (active, outcome) = match overlap_policy {
+        Some((schedule, policy)) => {
+            let active = overlap::active_runs(tx.conn(), &[schedule.as_uuid()]).await?;
+            let view = active
+                .iter()
+                .map(overlap::ActiveRow::active)
+                .collect::<Result<Vec<_>>>()?;
+            let outcome = overlap_rule::decide(policy, &view);
+            (active, Some(outcome))
+        }
+        None => (Vec::new(), None),
+    };
+    let (state, reason, blocked_by, event_reason) = match outcome.as_ref().map(|o| o.fire) {
+        None | Some(FireDecision::Start) => (new.state, None, None, None),
+        Some(FireDecision::Skip) => (
+            RunState::Skipped,
+            Some(SkipReason::Overlap.as_str()),
+            None,
+            Some(SkipReason::Overlap.as_str()),
+        ),
+        Some(FireDecision::Hold { blocked_by }) => (
+            new.state,
+            None,
+            Some(blocked_by.as_uuid()),
+            Some(event_reason::OVERLAP_HELD),
+        ),
+    };
     let row: RunRow = sqlx::query_as(concat!(
         "INSERT INTO runs (id, tenant_id, job_id, schedule_id, schedule_version, shard, trigger,
-             attempt, retry_of, fire_time, state, env)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             attempt, retry_of, fire_time, state, env, reason, blocked_by, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                 CASE WHEN $11 = 'skipped' THEN now() END)
          RETURNING ",
         run_columns!()
     ))
@@ -103,24 +141,43 @@ pub(super) async fn create(
     .bind(attempt)
     .bind(new.retry_of.map(|r| r.as_uuid()))
     .bind(new.fire_time)
-    .bind(new.state.as_str())
+    .bind(state.as_str())
     .bind(sqlx::types::Json(new.env.vars()))
+    .bind(reason)
+    .bind(blocked_by)
     .fetch_one(tx.conn())
     .await?;
     let run = Run::try_from(row)?;
-    events::record(
-        &mut tx,
-        tenant,
-        &[Transition {
-            run_id: run.id.as_uuid(),
-            fire_time: run.fire_time,
-            from: None,
-            to: run.state,
-            reason: None,
-        }],
-    )
-    .await?;
-    if run.state == RunState::Queued {
+    let mut transitions = vec![Transition {
+        run_id: run.id.as_uuid(),
+        fire_time: run.fire_time,
+        from: None,
+        to: run.state,
+        reason: event_reason.map(str::to_owned),
+    }];
+    if let Some(outcome) = &outcome {
+        let pick = |ids: &[RunId]| -> Vec<&overlap::ActiveRow> {
+            active
+                .iter()
+                .filter(|a| ids.iter().any(|id| id.as_uuid() == a.id))
+                .collect()
+        };
+        let replaced =
+            overlap::replace(tx.conn(), &pick(&outcome.cancel), &pick(&outcome.stop)).await?;
+        transitions.extend(replaced.cancelled.into_iter().map(|(_, t)| t));
+        for stopped in replaced.stopped {
+            // The shard's scheduler tells the run's worker to stop it.
+            tx.notify_run(
+                RUNS_CANCEL_CHANNEL,
+                stored_shard(stopped.shard)?,
+                RunId::from_uuid(stopped.id),
+                stopped.fire_time,
+            )
+            .await?;
+        }
+    }
+    events::record(&mut tx, tenant, &transitions).await?;
+    if run.state == RunState::Queued && run.blocked_by.is_none() {
         tx.notify_run(RUNS_QUEUED_CHANNEL, run.shard, run.id, run.fire_time)
             .await?;
     }
@@ -156,24 +213,24 @@ async fn first_run_of_key(
     .try_into()
 }
 
-/// Inserts one `queued` backfill run (attempt 1) per fire time that has no attempt-1 run yet
-/// (I1), with their creation events, in one transaction. Returns the new runs by fire time.
-#[tracing::instrument(skip_all, fields(tenant_id = %tenant, schedule_id = %schedule.id, fires = fire_times.len()))]
+/// Inserts one `queued` backfill run (attempt 1) per fire time whose fire has no run that
+/// succeeded or is in progress, with their creation events, in one transaction under the
+/// schedule's overlap lock; a dry run writes nothing. Answers the new runs by fire time and
+/// the fire times left alone.
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant, schedule_id = %schedule.id, fires = fire_times.len(), dry_run))]
 pub(super) async fn create_backfill(
     store: &PgStore,
     tenant: TenantId,
     schedule: &Schedule,
     fire_times: &[DateTime<Utc>],
-) -> Result<Vec<Run>> {
-    if fire_times.is_empty() {
-        return Ok(Vec::new());
-    }
+    dry_run: bool,
+) -> Result<Backfill> {
     let mut times = fire_times.to_vec();
     times.sort_unstable();
     times.dedup();
-    let ids: Vec<Uuid> = times.iter().map(|_| RunId::generate().as_uuid()).collect();
 
     let mut tx = store.begin().await?;
+    overlap::lock(tx.conn(), [schedule.id.as_uuid()]).await?;
     let locked = schedules::lock(tx.conn(), tenant, schedule.id).await?;
     if locked.version != schedule.version {
         return Err(jobs::version_conflict(
@@ -182,12 +239,32 @@ pub(super) async fn create_backfill(
             locked.version,
         ));
     }
+    if times.is_empty() {
+        return Ok(Backfill::default());
+    }
+    let left_alone: Vec<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT DISTINCT fire_time FROM runs
+         WHERE schedule_id = $1 AND fire_time = ANY($2)
+           AND state IN ('succeeded', 'scheduled', 'queued', 'running')
+         ORDER BY fire_time",
+    )
+    .bind(schedule.id.as_uuid())
+    .bind(&times)
+    .fetch_all(tx.conn())
+    .await?;
+    times.retain(|t| left_alone.binary_search(t).is_err());
+    if dry_run || times.is_empty() {
+        return Ok(Backfill {
+            created: Vec::new(),
+            left_alone,
+        });
+    }
+    let ids: Vec<Uuid> = times.iter().map(|_| RunId::generate().as_uuid()).collect();
     let rows: Vec<RunRow> = sqlx::query_as(concat!(
         "INSERT INTO runs (id, tenant_id, job_id, schedule_id, schedule_version, shard, trigger,
              attempt, fire_time, state)
          SELECT f.id, $3, $4, $5, $6, $7, $8, 1, f.fire_time, $9
          FROM UNNEST($1::uuid[], $2::timestamptz[]) AS f(id, fire_time)
-         ON CONFLICT (schedule_id, fire_time, attempt) DO NOTHING
          RETURNING ",
         run_columns!()
     ))
@@ -219,8 +296,11 @@ pub(super) async fn create_backfill(
         tx.notify(RUNS_QUEUED_CHANNEL, locked.shard).await?;
     }
     tx.commit().await?;
-    tracing::info!(created = runs.len(), "backfill runs created");
-    Ok(runs)
+    tracing::info!(created = runs.len(), left_alone = left_alone.len(), "backfill runs created");
+    Ok(Backfill {
+        created: runs,
+        left_alone,
+    })
 }
 
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, run_id = %id))]
@@ -277,6 +357,18 @@ pub(super) async fn list(
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, run_id = %id))]
 pub(super) async fn cancel(store: &PgStore, tenant: TenantId, id: RunId) -> Result<Run> {
     let mut tx = store.begin().await?;
+    // The overlap lock of the run's schedule comes before the run's row lock: cancelling a
+    // not-started run may release a held fire.
+    let schedule: Option<Option<Uuid>> =
+        sqlx::query_scalar("SELECT schedule_id FROM runs WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.as_uuid())
+            .bind(id.as_uuid())
+            .fetch_optional(tx.conn())
+            .await?;
+    let schedule = schedule.flatten();
+    if let Some(schedule) = schedule {
+        overlap::lock(tx.conn(), [schedule]).await?;
+    }
     let current: Option<(String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT state, fire_time FROM runs WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
     )
@@ -308,7 +400,8 @@ pub(super) async fn cancel(store: &PgStore, tenant: TenantId, id: RunId) -> Resu
         }
         from if from.can_move_to(RunState::Cancelled) => {
             let row: RunRow = sqlx::query_as(concat!(
-                "UPDATE runs SET state = $5, reason = $6, finished_at = now(), updated_at = now()
+                "UPDATE runs SET state = $5, reason = $6, blocked_by = NULL, finished_at = now(),
+                     updated_at = now()
                  WHERE tenant_id = $1 AND id = $2 AND fire_time = $3 AND state = $4
                  RETURNING ",
                 run_columns!()
@@ -334,6 +427,12 @@ pub(super) async fn cancel(store: &PgStore, tenant: TenantId, id: RunId) -> Resu
                 }],
             )
             .await?;
+            if let Some(schedule) = schedule {
+                for held in overlap::release(tx.conn(), &[schedule]).await? {
+                    tx.notify_run(RUNS_QUEUED_CHANNEL, held.shard, held.id, held.fire_time)
+                        .await?;
+                }
+            }
             run
         }
         terminal => {
@@ -388,22 +487,31 @@ macro_rules! cancel_pending_sql {
             "    FOR UPDATE
              )
              UPDATE runs r
-             SET state = 'cancelled', reason = $2, finished_at = now(), updated_at = now()
+             SET state = 'cancelled', reason = $2, blocked_by = NULL, finished_at = now(),
+                 updated_at = now()
              FROM target t
              WHERE r.id = t.id AND r.fire_time = t.fire_time
-             RETURNING r.id, r.fire_time, t.state"
+             RETURNING r.id, r.fire_time, t.state, r.trigger"
         )
     };
 }
 
-/// Cancels the matching `scheduled`/`queued` runs with `reason` inside `tx`, one event each;
-/// returns how many.
+/// What [`cancel_pending`] cancelled.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Cancelled {
+    pub runs: usize,
+    /// Of them, planned fires that had not fired yet (`scheduled`, trigger `schedule`): a
+    /// schedule's fire count gives them back.
+    pub unfired: u64,
+}
+
+/// Cancels the matching `scheduled`/`queued` runs with `reason` inside `tx`, one event each.
 pub(super) async fn cancel_pending(
     tx: &mut Tx,
     tenant: TenantId,
     pending: Pending,
     reason: &str,
-) -> Result<usize> {
+) -> Result<Cancelled> {
     let sql = match pending {
         Pending::OfJob(_) => cancel_pending_sql!("job_id = $3"),
         Pending::OfSchedule {
@@ -426,10 +534,14 @@ pub(super) async fn cancel_pending(
             }
         }
     };
-    let cancelled: Vec<(Uuid, DateTime<Utc>, String)> = query.fetch_all(tx.conn()).await?;
+    let cancelled: Vec<(Uuid, DateTime<Utc>, String, String)> = query.fetch_all(tx.conn()).await?;
+    let unfired = cancelled
+        .iter()
+        .filter(|(_, _, from, trigger)| from == "scheduled" && trigger == "schedule")
+        .count() as u64;
     let transitions = cancelled
         .into_iter()
-        .map(|(run_id, fire_time, from)| {
+        .map(|(run_id, fire_time, from, _)| {
             let from = RunState::parse(&from).ok_or_else(|| {
                 StoreError::Corrupt(format!("run {run_id}: unknown state '{from}'"))
             })?;
@@ -443,5 +555,8 @@ pub(super) async fn cancel_pending(
         })
         .collect::<Result<Vec<_>>>()?;
     events::record(tx, tenant, &transitions).await?;
-    Ok(transitions.len())
+    Ok(Cancelled {
+        runs: transitions.len(),
+        unfired,
+    })
 }

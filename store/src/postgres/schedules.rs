@@ -2,6 +2,7 @@
 //! each change cancelling the runs it obsoletes and notifying the shard's scheduler in the same
 //! transaction (I4); it must never touch another tenant's schedule or a deleted job's.
 
+use chrono::{DateTime, Utc};
 use kairos_domain::{JobId, PageRequest, ScheduleId, ShardId, TenantId, run::cancel_reason};
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
@@ -14,7 +15,8 @@ use super::rows::{
 };
 use super::runs::{self, Pending};
 use crate::{
-    NewSchedule, Page, Result, SCHEDULE_CHANGES_CHANNEL, Schedule, ScheduleChange, StoreError,
+    NewSchedule, NextFire, Page, Result, SCHEDULE_CHANGES_CHANNEL, Schedule, ScheduleChange,
+    StoreError,
 };
 
 /// Inserts the schedule of a live job of the tenant and notifies its shard's scheduler.
@@ -31,8 +33,10 @@ pub(super) async fn create(
     let row: ScheduleRow = sqlx::query_as(concat!(
         "INSERT INTO schedules (id, tenant_id, job_id, shard, kind, cron, interval_seconds,
              interval_anchor, at, timezone, start_at, end_at, overlap_policy,
-             catchup_window_seconds, jitter_seconds, paused, pause_note, next_fire_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+             catchup_window_seconds, jitter_seconds, paused, pause_note, next_fire_at,
+             catchup_max_runs, max_runs, paused_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                 $19, $20, CASE WHEN $16 THEN now() END)
          RETURNING ",
         schedule_columns!()
     ))
@@ -54,6 +58,8 @@ pub(super) async fn create(
     .bind(new.paused)
     .bind(new.pause_note.as_deref())
     .bind(new.next_fire_at)
+    .bind(v.catchup_max_runs)
+    .bind(v.max_runs)
     .fetch_one(tx.conn())
     .await?;
     let schedule = Schedule::try_from(row)?;
@@ -104,7 +110,9 @@ pub(super) async fn list(
 }
 
 /// Writes the change as version `expected_version + 1`, cancels the older versions' runs that
-/// have not started yet, and notifies the shard's scheduler, in one transaction.
+/// have not started yet (giving the unfired ones back to the fire count), computes the next
+/// fire from the change with the count that leaves, and notifies the shard's scheduler, in one
+/// transaction.
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, schedule_id = %id, expected_version))]
 pub(super) async fn update(
     store: &PgStore,
@@ -115,11 +123,52 @@ pub(super) async fn update(
 ) -> Result<Schedule> {
     let v = ScheduleValues::of(&change.spec)?;
     let mut tx = store.begin().await?;
-    let row: Option<ScheduleRow> = sqlx::query_as(concat!(
+    let current: Option<CurrentRow> = sqlx::query_as(
+        "SELECT version, fire_count, paused_at, next_fire_at FROM schedules
+         WHERE tenant_id = $1 AND id = $2
+         FOR UPDATE",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .fetch_optional(tx.conn())
+    .await?;
+    let current = current.ok_or(StoreError::NotFound("schedule"))?;
+    if current.version != expected_version {
+        return Err(jobs::version_conflict(
+            "schedule",
+            expected_version,
+            current.version,
+        ));
+    }
+    let cancelled = runs::cancel_pending(
+        &mut tx,
+        tenant,
+        Pending::OfSchedule {
+            id,
+            below_version: Some(expected_version + 1),
+        },
+        change.cancel_reason,
+    )
+    .await?;
+    let fire_count = u64::try_from(current.fire_count)
+        .unwrap_or(0)
+        .saturating_sub(cancelled.unfired);
+    let timeline = change.spec.timeline(id, fire_count);
+    let next_fire_at = match change.next_fire {
+        NextFire::Keep if timeline.remaining() == Some(0) => None,
+        NextFire::Keep => current.next_fire_at,
+        NextFire::After(t) => timeline.next_after(t),
+        NextFire::SincePause { otherwise } => {
+            timeline.next_after(current.paused_at.unwrap_or(otherwise))
+        }
+    };
+    let row: ScheduleRow = sqlx::query_as(concat!(
         "UPDATE schedules SET kind = $4, cron = $5, interval_seconds = $6, interval_anchor = $7,
              at = $8, timezone = $9, start_at = $10, end_at = $11, overlap_policy = $12,
              catchup_window_seconds = $13, jitter_seconds = $14, paused = $15, pause_note = $16,
-             next_fire_at = $17, version = version + 1, updated_at = now()
+             next_fire_at = $17, catchup_max_runs = $18, max_runs = $19, fire_count = $20,
+             paused_at = CASE WHEN $15 THEN COALESCE(paused_at, now()) END,
+             version = version + 1, updated_at = now()
          WHERE tenant_id = $1 AND id = $2 AND version = $3
          RETURNING ",
         schedule_columns!()
@@ -140,36 +189,31 @@ pub(super) async fn update(
     .bind(v.jitter_seconds)
     .bind(change.paused)
     .bind(change.pause_note.as_deref())
-    .bind(change.next_fire_at)
-    .fetch_optional(tx.conn())
+    .bind(next_fire_at)
+    .bind(v.catchup_max_runs)
+    .bind(v.max_runs)
+    .bind(i64::try_from(fire_count).unwrap_or(i64::MAX))
+    .fetch_one(tx.conn())
     .await?;
-    let Some(row) = row else {
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM schedules WHERE tenant_id = $1 AND id = $2")
-                .bind(tenant.as_uuid())
-                .bind(id.as_uuid())
-                .fetch_optional(tx.conn())
-                .await?;
-        return Err(match current {
-            Some(current) => jobs::version_conflict("schedule", expected_version, current),
-            None => StoreError::NotFound("schedule"),
-        });
-    };
     let schedule = Schedule::try_from(row)?;
-    let cancelled = runs::cancel_pending(
-        &mut tx,
-        tenant,
-        Pending::OfSchedule {
-            id,
-            below_version: Some(schedule.version),
-        },
-        change.cancel_reason,
-    )
-    .await?;
     tx.notify(SCHEDULE_CHANGES_CHANNEL, schedule.shard).await?;
     tx.commit().await?;
-    tracing::info!(version = schedule.version, cancelled, "schedule updated");
+    tracing::info!(
+        version = schedule.version,
+        cancelled = cancelled.runs,
+        given_back = cancelled.unfired,
+        "schedule updated"
+    );
     Ok(schedule)
+}
+
+/// The stored state an update starts from.
+#[derive(Debug, sqlx::FromRow)]
+struct CurrentRow {
+    version: i64,
+    fire_count: i64,
+    paused_at: Option<DateTime<Utc>>,
+    next_fire_at: Option<DateTime<Utc>>,
 }
 
 /// Deletes the schedule, cancels its not-yet-started runs and notifies the shard's scheduler,
@@ -197,7 +241,7 @@ pub(super) async fn delete(store: &PgStore, tenant: TenantId, id: ScheduleId) ->
     .await?;
     tx.notify(SCHEDULE_CHANGES_CHANNEL, shard).await?;
     tx.commit().await?;
-    tracing::info!(cancelled, "schedule deleted");
+    tracing::info!(cancelled = cancelled.runs, "schedule deleted");
     Ok(())
 }
 
