@@ -8,10 +8,14 @@
 //! the store: writes happen in the dispatcher's batches. It never fires a shard it does not
 //! own, and never fires at all while the lease is not valid (I8).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
-use kairos_domain::{RunId, RunState, ShardId};
+use kairos_domain::{RunId, RunState, ScheduleId, ShardId, Trigger};
 use kairos_store::{Materialize, SchedulerStore, ShardLease};
 use tokio::{
     sync::{Notify, mpsc},
@@ -23,7 +27,7 @@ use crate::{
     coordinator::{Coordinator, OwnershipEvent},
     dispatch::Dispatcher,
     metrics::Metrics,
-    planner::{MAX_FIRES_PER_ROUND, plan_fires},
+    planner::{MAX_FIRES_PER_ROUND, missed_on_recovery, plan_fires},
     wheel::{TimerHandle, TimingWheel},
 };
 
@@ -51,17 +55,47 @@ pub enum EngineInput {
         token: i64,
         fenced: bool,
     },
-    /// Runs of a shard to fire at their fire time.
+    /// Runs of a shard to fire when they are due.
     Planned {
         shard: ShardId,
-        runs: Vec<(RunId, DateTime<Utc>)>,
+        runs: Vec<PlannedRun>,
     },
+}
+
+/// A `scheduled` run to fire: at its fire time, or, for a retry, when its backoff ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedRun {
+    pub id: RunId,
+    /// The fire it belongs to (the run's partition key).
+    pub fire_time: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+}
+
+impl PlannedRun {
+    /// A fire of a schedule, due at its fire time.
+    pub fn at_fire_time(id: RunId, fire_time: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            fire_time,
+            due_at: fire_time,
+        }
+    }
+}
+
+impl From<kairos_store::DueRetry> for PlannedRun {
+    fn from(r: kairos_store::DueRetry) -> Self {
+        Self {
+            id: r.id,
+            fire_time: r.fire_time,
+            due_at: r.due_at,
+        }
+    }
 }
 
 struct Owned {
     lease: ShardLease,
-    /// The run's pending timer (look-ahead or fire) and its exact fire time.
-    timers: HashMap<RunId, (TimerHandle, DateTime<Utc>)>,
+    /// The run's pending timer (look-ahead or fire) and when it is due.
+    timers: HashMap<RunId, (TimerHandle, PlannedRun)>,
 }
 
 /// Which of a run's two timers popped.
@@ -174,6 +208,8 @@ impl Engine {
         // Shards whose fence is being taken, with the token of their current claim.
         let mut claiming: HashMap<ShardId, i64> = HashMap::new();
         let (input_tx, mut input) = mpsc::channel::<EngineInput>(4096);
+        // Retries the dispatcher's batches created: armed like planned runs.
+        let mut retries = self.dispatcher.take_retries();
         let mut due = Vec::new();
         let planner_stop = CancellationToken::new();
         self.tasks.spawn(plan(
@@ -228,6 +264,16 @@ impl Engine {
                         self.metrics.timers.set(wheel.len() as i64);
                     }
                 },
+                Some(created) = recv_retries(&mut retries) => {
+                    let mut by_shard: HashMap<ShardId, Vec<PlannedRun>> = HashMap::new();
+                    for retry in created {
+                        by_shard.entry(retry.shard).or_default().push(retry.into());
+                    }
+                    for (shard, runs) in by_shard {
+                        self.arm(shard, runs, &mut owned, &mut wheel, clock);
+                    }
+                    self.metrics.timers.set(wheel.len() as i64);
+                }
                 _ = tokio::time::sleep_until(sleep_until) => {
                     wheel.advance(clock.now_ms(), &mut due);
                     self.fire(&mut due, &mut owned, &mut wheel, clock);
@@ -246,11 +292,12 @@ impl Engine {
     }
 
     /// Arms the timers of planned runs: the look-ahead one, or (already within it) the fire
-    /// one, offering the run ahead at once.
+    /// one, offering the run ahead at once. A retry is not offered ahead: it fires when its
+    /// backoff ends.
     fn arm(
         &self,
         shard: ShardId,
-        runs: Vec<(RunId, DateTime<Utc>)>,
+        runs: Vec<PlannedRun>,
         owned: &mut HashMap<ShardId, Owned>,
         wheel: &mut Wheel,
         clock: Clock,
@@ -261,20 +308,22 @@ impl Engine {
         let ahead_ms = self.dispatcher.lookahead().as_millis() as u64;
         let now_ms = clock.now_ms();
         let mut offer_now = Vec::new();
-        for (run, fire_time) in runs {
+        for planned in runs {
+            let run = planned.id;
             if state.timers.contains_key(&run) {
                 continue;
             }
-            let fire_ms = clock.ms_of(fire_time);
-            let handle = if ahead_ms > 0 && fire_ms.saturating_sub(ahead_ms) > now_ms {
+            let fire_ms = clock.ms_of(planned.due_at);
+            let ahead = ahead_ms > 0 && planned.due_at == planned.fire_time;
+            let handle = if ahead && fire_ms.saturating_sub(ahead_ms) > now_ms {
                 wheel.insert(fire_ms - ahead_ms, (shard, run, Phase::Ahead))
             } else {
-                if ahead_ms > 0 && fire_ms > now_ms {
-                    offer_now.push((run, fire_time));
+                if ahead && fire_ms > now_ms {
+                    offer_now.push((run, planned.fire_time));
                 }
                 wheel.insert(fire_ms, (shard, run, Phase::Fire))
             };
-            state.timers.insert(run, (handle, fire_time));
+            state.timers.insert(run, (handle, planned));
         }
         if !offer_now.is_empty() {
             self.dispatcher.upcoming(&state.lease, offer_now);
@@ -361,13 +410,15 @@ impl Engine {
             let Some(state) = owned.get_mut(&shard) else {
                 continue;
             };
-            let Some((_, fire_time)) = state.timers.remove(&run) else {
+            let Some((_, planned)) = state.timers.remove(&run) else {
                 continue;
             };
+            let fire_time = planned.fire_time;
             match phase {
                 Phase::Ahead => {
-                    let handle = wheel.insert(clock.ms_of(fire_time), (shard, run, Phase::Fire));
-                    state.timers.insert(run, (handle, fire_time));
+                    let handle =
+                        wheel.insert(clock.ms_of(planned.due_at), (shard, run, Phase::Fire));
+                    state.timers.insert(run, (handle, planned));
                     ahead.entry(shard).or_default().push((run, fire_time));
                 }
                 Phase::Fire if !valid => refused += 1,
@@ -449,6 +500,20 @@ async fn plan(
                 }
                 Err(e) => tracing::warn!(error = %e, "planning scan failed; retrying next round"),
             }
+            // Retries due within the horizon (the safety net behind the dispatcher handing
+            // them over when it creates them, and their recovery after a crash).
+            match store.due_retries_across(&shards, until, 10_000).await {
+                Ok(retries) => {
+                    let mut by_shard: HashMap<ShardId, Vec<PlannedRun>> = HashMap::new();
+                    for retry in retries {
+                        by_shard.entry(retry.shard).or_default().push(retry.into());
+                    }
+                    for (shard, runs) in by_shard {
+                        let _ = engine.send(EngineInput::Planned { shard, runs }).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read due retries"),
+            }
             match store.queued_runs_across(&shards, 10_000).await {
                 Ok(queued) => {
                     for (shard, run, fire_time) in queued {
@@ -498,13 +563,13 @@ async fn materialize(
                     .filter(|(_, r)| r.created && r.state == RunState::Skipped)
                     .count() as u64,
             );
-            let mut scheduled: HashMap<ShardId, Vec<(RunId, DateTime<Utc>)>> = HashMap::new();
+            let mut scheduled: HashMap<ShardId, Vec<PlannedRun>> = HashMap::new();
             for (shard, r) in &done.runs {
                 if r.state == RunState::Scheduled {
                     scheduled
                         .entry(*shard)
                         .or_default()
-                        .push((r.id, r.fire_time));
+                        .push(PlannedRun::at_fire_time(r.id, r.fire_time));
                 }
             }
             for (shard, runs) in scheduled {
@@ -524,8 +589,9 @@ async fn materialize(
 }
 
 /// I2 on claim: runs a previous owner left `scheduled` go back on the wheel (fires it had not
-/// materialized are planned from `next_fire_at`, where the catch-up rule applies), `queued`
-/// ones go to dispatch, `running` ones are watched for heartbeats. Retries until it reads.
+/// materialized are planned from `next_fire_at`, where the catch-up rule applies), except the
+/// planned fires the catch-up rule now records missed; `queued` ones go to dispatch,
+/// `running` ones are watched for heartbeats. Retries until it reads.
 async fn recover(
     lease: ShardLease,
     store: Arc<dyn SchedulerStore>,
@@ -533,9 +599,9 @@ async fn recover(
     engine: mpsc::Sender<EngineInput>,
 ) {
     let mut backoff = Duration::from_millis(200);
-    let pending = loop {
-        match store.shard_pending_runs(&lease).await {
-            Ok(p) => break p,
+    let (pending, missed) = loop {
+        match recovery_scan(&lease, store.as_ref()).await {
+            Ok(scan) => break scan,
             Err(kairos_store::StoreError::Fenced { .. }) => return,
             Err(e) => {
                 tracing::warn!(shard = lease.shard().get(), error = %e, "recovery scan failed; retrying");
@@ -549,18 +615,25 @@ async fn recover(
     let mut running = Vec::new();
     for run in pending {
         match run.state {
-            RunState::Scheduled => scheduled.push((run.id, run.fire_time)),
+            RunState::Scheduled if missed.contains(&run.id) => {}
+            RunState::Scheduled => scheduled.push(PlannedRun {
+                id: run.id,
+                fire_time: run.fire_time,
+                due_at: run.due_at,
+            }),
             RunState::Queued => queued.push((run.id, run.fire_time)),
             RunState::Running => running.push((run.id, run.fire_time)),
             _ => {}
         }
     }
-    if !scheduled.is_empty() || !queued.is_empty() || !running.is_empty() {
+    if !scheduled.is_empty() || !queued.is_empty() || !running.is_empty() || !missed.is_empty()
+    {
         tracing::info!(
             shard = lease.shard().get(),
             scheduled = scheduled.len(),
             queued = queued.len(),
             running = running.len(),
+            missed = missed.len(),
             "shard recovered"
         );
     }
@@ -574,4 +647,67 @@ async fn recover(
             })
             .await;
     }
+}
+
+/// The shard's non-terminal runs, after recording `skipped/missed` the planned fires that the
+/// catch-up rule leaves out now (late fires a previous owner planned but never fired).
+async fn recovery_scan(
+    lease: &ShardLease,
+    store: &dyn SchedulerStore,
+) -> kairos_store::Result<(Vec<kairos_store::PendingRun>, HashSet<RunId>)> {
+    let pending = store.shard_pending_runs(lease).await?;
+    let now = Utc::now();
+    let tolerance = chrono::Duration::seconds(i64::from(
+        kairos_domain::ScheduleSpec::ON_TIME_TOLERANCE_SECONDS,
+    ));
+    let mut late: HashMap<ScheduleId, Vec<(RunId, DateTime<Utc>, i64)>> = HashMap::new();
+    for run in &pending {
+        if let (RunState::Scheduled, Trigger::Schedule, Some(schedule), Some(version)) =
+            (run.state, run.trigger, run.schedule_id, run.schedule_version)
+            && run.fire_time < now - tolerance
+        {
+            late.entry(schedule)
+                .or_default()
+                .push((run.id, run.fire_time, version));
+        }
+    }
+    let mut missed = HashSet::new();
+    if late.is_empty() {
+        return Ok((pending, missed));
+    }
+    let ids: Vec<ScheduleId> = late.keys().copied().collect();
+    let mut skip = Vec::new();
+    for schedule in store.schedules_of_shard(lease, &ids).await? {
+        let Some(runs) = late.get(&schedule.id) else {
+            continue;
+        };
+        let planned: Vec<(RunId, DateTime<Utc>)> = runs
+            .iter()
+            .filter(|(_, _, version)| *version == schedule.version)
+            .map(|(id, fire_time, _)| (*id, *fire_time))
+            .collect();
+        skip.extend(missed_on_recovery(&schedule, &planned, now));
+    }
+    if !skip.is_empty() {
+        let ended = store
+            .skip_runs(lease, &skip, kairos_domain::SkipReason::Missed)
+            .await?;
+        missed.extend(ended.moved);
+    }
+    Ok((pending, missed))
+}
+
+/// The next batch of retries the dispatcher created; never, once it hands none over.
+async fn recv_retries(
+    rx: &mut Option<mpsc::Receiver<Vec<kairos_store::DueRetry>>>,
+) -> Option<Vec<kairos_store::DueRetry>> {
+    let Some(inner) = rx.as_mut() else {
+        return std::future::pending().await;
+    };
+    let got = inner.recv().await;
+    if got.is_none() {
+        *rx = None;
+        return std::future::pending().await;
+    }
+    got
 }

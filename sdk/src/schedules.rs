@@ -52,9 +52,22 @@ macro_rules! spec_setters {
             self
         }
 
-        /// A random delay of up to this much per fire (default none).
+        /// Of the fires more than 30 s late (within the catch-up window), how many, the
+        /// latest, still run (default 1; older ones are recorded skipped/missed).
+        pub fn catchup_max_runs(mut self, runs: u32) -> Self {
+            self.0.catchup_max_runs = Some(i64::from(runs));
+            self
+        }
+
+        /// Shifts every fire by a stable per-schedule offset below this (default none).
         pub fn jitter(mut self, jitter: Duration) -> Self {
             self.0.jitter_seconds = Some(whole_seconds(jitter));
+            self
+        }
+
+        /// The schedule ends after this many fires (default: no limit).
+        pub fn max_runs(mut self, runs: u32) -> Self {
+            self.0.max_runs = Some(i64::from(runs));
             self
         }
     };
@@ -297,10 +310,22 @@ impl Client {
             .await?)
     }
 
-    /// Lets a paused schedule fire again from now on.
+    /// Lets a paused schedule fire again from now on; the fires missed while paused are not
+    /// run.
     pub async fn resume_schedule(&self, schedule_id: impl fmt::Display) -> Result<Schedule, Error> {
+        self.resume_schedule_with(schedule_id, false).await
+    }
+
+    /// Lets a paused schedule fire again; with `catch_up`, the fires missed while paused are
+    /// planned and the schedule's catch-up window and cap decide which of them run late.
+    pub async fn resume_schedule_with(
+        &self,
+        schedule_id: impl fmt::Display,
+        catch_up: bool,
+    ) -> Result<Schedule, Error> {
         let request = ResumeScheduleRequest {
             schedule_id: schedule_id.to_string(),
+            catch_up,
         };
         Ok(self
             .call(
@@ -312,11 +337,22 @@ impl Client {
             .await?)
     }
 
-    /// Fires the schedule once now: a run with trigger `manual`. Not retried once sent (a
-    /// retry could start a second run).
+    /// Fires the schedule once now: a run with trigger `manual`, under the schedule's overlap
+    /// policy. Not retried once sent (a retry could start a second run).
     pub async fn trigger_schedule(&self, schedule_id: impl fmt::Display) -> Result<Run, Error> {
+        self.trigger_schedule_with(schedule_id, None).await
+    }
+
+    /// [`Self::trigger_schedule`], with `overlap` overriding the schedule's overlap policy for
+    /// this trigger only.
+    pub async fn trigger_schedule_with(
+        &self,
+        schedule_id: impl fmt::Display,
+        overlap: Option<OverlapPolicy>,
+    ) -> Result<Run, Error> {
         let request = TriggerScheduleRequest {
             schedule_id: schedule_id.to_string(),
+            overlap_policy: overlap.map(|p| p.as_str().to_owned()),
         };
         Ok(self
             .call(

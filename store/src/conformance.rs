@@ -22,8 +22,8 @@ use kairos_domain::{
 use uuid::Uuid;
 
 use crate::{
-    Job, NewApiKey, NewRun, NewSchedule, Page, Run, RunFilter, Schedule, ScheduleChange, Store,
-    StoreError,
+    Job, NewApiKey, NewRun, NewSchedule, NextFire, Page, Run, RunFilter, Schedule, ScheduleChange,
+    Store, StoreError,
 };
 
 /// What the suite's `$make` expression may yield: a store, or a store plus a guard that must
@@ -191,11 +191,12 @@ pub(crate) fn manual_run(job: JobId, fire_time: DateTime<Utc>) -> NewRun {
         fire_time,
         state: RunState::Queued,
         env: Env::parse(BTreeMap::from([("OVERRIDE".into(), "1".into())])).expect("env"),
+        overlap: None,
     }
 }
 
 /// A run materialized from `schedule`'s current version, `scheduled` at `fire_time`.
-fn scheduled_run(schedule: &Schedule, fire_time: DateTime<Utc>) -> NewRun {
+pub(crate) fn scheduled_run(schedule: &Schedule, fire_time: DateTime<Utc>) -> NewRun {
     NewRun {
         id: RunId::generate(),
         job_id: schedule.job_id,
@@ -207,6 +208,7 @@ fn scheduled_run(schedule: &Schedule, fire_time: DateTime<Utc>) -> NewRun {
         fire_time,
         state: RunState::Scheduled,
         env: Env::default(),
+        overlap: None,
     }
 }
 
@@ -219,12 +221,13 @@ async fn create_run<S: Store>(store: &S, tenant: TenantId, new: &NewRun) -> Run 
     run
 }
 
+/// An edit (next fire from now) or, `paused`, a pause (next fire kept).
 pub(crate) fn change(spec: ScheduleSpec, paused: bool, reason: &'static str) -> ScheduleChange {
     ScheduleChange {
-        next_fire_at: if paused {
-            None
+        next_fire: if paused {
+            NextFire::Keep
         } else {
-            spec.next_fire_after(now())
+            NextFire::After(now())
         },
         spec,
         paused,
@@ -539,7 +542,7 @@ pub async fn another_tenants_schedule_answers_exactly_as_a_missing_one<S: Store>
     assert_not_found(store.delete_schedule(stranger, s.id).await, "schedule");
     assert_not_found(
         store
-            .create_backfill_runs(stranger, &s, &[now() - Duration::hours(1)])
+            .create_backfill_runs(stranger, &s, &[now() - Duration::hours(1)], false)
             .await,
         "schedule",
     );
@@ -703,7 +706,13 @@ pub async fn updating_a_schedule_bumps_its_version_and_cancels_runs_of_older_ver
         .expect("update schedule");
     assert_eq!(updated.version, s.version + 1);
     assert_eq!(updated.spec, spec);
-    assert_eq!(updated.next_fire_at, c.next_fire_at);
+    let NextFire::After(from) = c.next_fire else {
+        panic!("an edit computes its next fire from a time")
+    };
+    assert_eq!(
+        updated.next_fire_at,
+        spec.timeline(s.id, updated.fire_count).next_after(from)
+    );
     assert_eq!(
         store.get_schedule(t, s.id).await.expect("get").version,
         updated.version
@@ -781,7 +790,11 @@ pub async fn pausing_a_schedule_cancels_its_pending_runs_with_the_pause_reason<S
         .expect("pause");
     assert!(paused.paused);
     assert_eq!(paused.pause_note.as_deref(), Some("maintenance window"));
-    assert_eq!(paused.next_fire_at, None);
+    assert_eq!(
+        paused.next_fire_at, s.next_fire_at,
+        "a pause keeps the next fire"
+    );
+    assert!(paused.paused_at.is_some(), "a pause records when");
     let read = store.get_run(t, run.id).await.expect("get run");
     assert_eq!(read.state, RunState::Cancelled);
     assert_eq!(read.reason.as_deref(), Some(cancel_reason::SCHEDULE_PAUSED));
@@ -1089,10 +1102,12 @@ pub async fn backfill_creates_queued_runs_and_skips_fires_that_already_have_one<
     let mut asked = fires.clone();
     asked.push(fires[2]);
     asked.reverse();
-    let runs = store
-        .create_backfill_runs(t, &s, &asked)
+    let done = store
+        .create_backfill_runs(t, &s, &asked, false)
         .await
         .expect("backfill");
+    assert_eq!(done.left_alone, [fires[1]], "a fire in progress is left alone");
+    let runs = done.created;
     assert_eq!(
         runs.iter().map(|r| r.fire_time).collect::<Vec<_>>(),
         [fires[0], fires[2], fires[3]],
@@ -1117,20 +1132,19 @@ pub async fn backfill_creates_queued_runs_and_skips_fires_that_already_have_one<
     );
 
     let again = store
-        .create_backfill_runs(t, &s, &fires)
+        .create_backfill_runs(t, &s, &fires, false)
         .await
         .expect("backfill again");
     assert!(
-        again.is_empty(),
-        "I1: a fire gets at most one attempt-1 run"
+        again.created.is_empty(),
+        "a repeated backfill creates nothing: its fires are in progress"
     );
-    assert!(
-        store
-            .create_backfill_runs(t, &s, &[])
-            .await
-            .expect("empty")
-            .is_empty()
-    );
+    assert_eq!(again.left_alone, fires);
+    let empty = store
+        .create_backfill_runs(t, &s, &[], false)
+        .await
+        .expect("empty");
+    assert!(empty.created.is_empty() && empty.left_alone.is_empty());
     let filter = RunFilter {
         schedule_id: Some(s.id),
         ..RunFilter::default()
@@ -1164,7 +1178,7 @@ pub async fn a_backfill_from_an_outdated_schedule_conflicts<S: Store>(store: &S)
         .await
         .expect("update");
     let result = store
-        .create_backfill_runs(t, &s, &[now() - Duration::hours(1)])
+        .create_backfill_runs(t, &s, &[now() - Duration::hours(1)], false)
         .await;
     assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
     let all = store

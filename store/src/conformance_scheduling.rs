@@ -943,7 +943,8 @@ pub async fn lost_runs_fail_with_worker_lost_only_if_running<S: Store + Schedule
         .fail_lost_runs(&w.lease, &asked)
         .await
         .expect("fail lost");
-    assert_eq!(moved, [ids[2]]);
+    assert_eq!(moved.moved, [ids[2]]);
+    assert!(moved.retries.is_empty(), "one attempt by default: no retry");
     let r = run(store, w.tenant, ids[2]).await;
     assert_eq!(r.state, RunState::Failed);
     assert_eq!(r.reason.as_deref(), Some("worker_lost"));
@@ -966,6 +967,7 @@ pub async fn lost_runs_fail_with_worker_lost_only_if_running<S: Store + Schedule
             .fail_lost_runs(&w.lease, &asked)
             .await
             .expect("again")
+            .moved
             .is_empty()
     );
     assert_eq!(events_of(store, w.tenant, ids[2]).await.len(), 4);
@@ -1052,7 +1054,7 @@ pub async fn skipping_moves_only_scheduled_or_queued_runs<S: Store + SchedulerSt
         .skip_runs(&w.lease, &ids, SkipReason::Overlap)
         .await
         .expect("skip");
-    assert_eq!(moved, ids[..2]);
+    assert_eq!(moved.moved, ids[..2]);
     for (id, from) in [(ids[0], RunState::Scheduled), (ids[1], RunState::Queued)] {
         let r = run(store, w.tenant, id).await;
         assert_eq!(r.state, RunState::Skipped);
@@ -1069,6 +1071,7 @@ pub async fn skipping_moves_only_scheduled_or_queued_runs<S: Store + SchedulerSt
             .skip_runs(&w.lease, &ids, SkipReason::Missed)
             .await
             .expect("again")
+            .moved
             .is_empty()
     );
 }

@@ -81,6 +81,7 @@ fn manual(job: JobId, fire_time: DateTime<Utc>) -> NewRun {
         fire_time,
         state: RunState::Queued,
         env: Env::default(),
+        overlap: None,
     }
 }
 
@@ -274,7 +275,7 @@ async fn committed_changes_are_announced_on_their_channels_with_the_shard() {
         spec,
         paused: true,
         pause_note: None,
-        next_fire_at: None,
+        next_fire: kairos_store::NextFire::Keep,
         cancel_reason: kairos_domain::run::cancel_reason::SCHEDULE_PAUSED,
     };
     store

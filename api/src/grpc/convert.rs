@@ -75,7 +75,9 @@ macro_rules! schedule_fields {
             end_at: $r.end_at,
             overlap_policy: $r.overlap_policy,
             catchup_window_seconds: $r.catchup_window_seconds,
+            catchup_max_runs: $r.catchup_max_runs,
             jitter_seconds: $r.jitter_seconds,
+            max_runs: $r.max_runs,
         }
     };
 }
@@ -91,7 +93,9 @@ pub struct ScheduleFields {
     pub end_at: Option<Timestamp>,
     pub overlap_policy: Option<String>,
     pub catchup_window_seconds: Option<i64>,
+    pub catchup_max_runs: Option<i64>,
     pub jitter_seconds: Option<i64>,
+    pub max_runs: Option<i64>,
 }
 
 impl ScheduleFields {
@@ -105,7 +109,9 @@ impl ScheduleFields {
             end_at: opt_instant("end_at", self.end_at.as_ref())?,
             overlap_policy: self.overlap_policy,
             catchup_window_seconds: self.catchup_window_seconds,
+            catchup_max_runs: self.catchup_max_runs,
             jitter_seconds: self.jitter_seconds,
+            max_runs: self.max_runs,
         })
     }
 }
@@ -168,10 +174,20 @@ pub fn schedule(v: &ScheduleView) -> pb::Schedule {
             .map(|p| pb::FireTime {
                 utc: Some(ts(p.utc)),
                 local: p.local.clone(),
+                dst: p.dst.map(|d| d.code().to_owned()),
+                dst_note: p.dst.map(|d| d.explain().to_owned()),
             })
             .collect(),
         created_at: Some(ts(s.created_at)),
         updated_at: Some(ts(s.updated_at)),
+        state: v.state.as_str().to_owned(),
+        max_runs: s.spec.max_runs.map(i64::from),
+        fire_count: i64::try_from(s.fire_count).unwrap_or(i64::MAX),
+        catchup_max_runs: i64::from(s.spec.catchup_max_runs),
+        paused_at: s.paused_at.map(ts),
+        last_fire_at: s.last_fire_at.map(ts),
+        jitter_offset_ms: s.spec.jitter_offset(s.id).num_milliseconds(),
+        next_fire_at: s.next_fire_at.map(ts),
     }
 }
 
@@ -191,6 +207,9 @@ pub fn run(r: &Run) -> pb::Run {
         started_at: r.started_at.map(ts),
         finished_at: r.finished_at.map(ts),
         retry_of: r.retry_of.map(|s| s.to_string()),
+        due_at: Some(ts(r.due_at)),
+        blocked_by: r.blocked_by.map(|b| b.to_string()),
+        schedule_version: r.schedule_version,
     }
 }
 

@@ -241,7 +241,11 @@ impl JobService for Jobs {
             Ok(convert::schedule(
                 &self
                     .0
-                    .resume_schedule(tenant, &request.get_ref().schedule_id)
+                    .resume_schedule(
+                        tenant,
+                        &request.get_ref().schedule_id,
+                        request.get_ref().catch_up,
+                    )
                     .await?,
             ))
         }
@@ -258,7 +262,11 @@ impl JobService for Jobs {
             Ok(convert::run(
                 &self
                     .0
-                    .trigger_schedule(tenant, &request.get_ref().schedule_id)
+                    .trigger_schedule(
+                        tenant,
+                        &request.get_ref().schedule_id,
+                        request.get_ref().overlap_policy.as_deref(),
+                    )
                     .await?,
             ))
         }
@@ -294,6 +302,7 @@ impl JobService for Jobs {
                 runs: outcome.runs.iter().map(convert::run).collect(),
                 fire_times: outcome.fire_times.iter().map(|t| convert::ts(*t)).collect(),
                 truncated: outcome.truncated,
+                left_alone: outcome.left_alone.iter().map(|t| convert::ts(*t)).collect(),
             })
         }
         .await;

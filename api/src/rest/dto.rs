@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use kairos_domain::{Cadence, JobDraft, RetryDraft, ScheduleDraft};
+use kairos_domain::{Cadence, DstNote, JobDraft, RetryDraft, ScheduleDraft};
 use kairos_store::{Job, Page, Run, RunEvent, RunLogs, Tenant};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -85,10 +85,19 @@ pub struct ScheduleBody {
     pub timezone: Option<String>,
     pub start_at: Option<String>,
     pub end_at: Option<String>,
-    /// `allow`, `skip` (default), `buffer_one` or `replace`.
+    /// `allow`, `skip` (default), `buffer_one` or `replace`: what a fire does while an
+    /// earlier run of the schedule is in progress.
     pub overlap_policy: Option<String>,
+    /// A fire later than this is recorded `skipped/missed` (0-604800, default 900).
     pub catchup_window_seconds: Option<i64>,
+    /// Of the fires more than 30 s late but within the window, how many (the latest) run
+    /// late; older ones are recorded `skipped/missed` (0-1000, default 1).
+    pub catchup_max_runs: Option<i64>,
+    /// Shifts every fire by a stable per-schedule offset in `[0, jitter_seconds)` (0-3600,
+    /// default 0; less than `interval_seconds`).
     pub jitter_seconds: Option<i64>,
+    /// The schedule ends after this many fires (1-100000000; default: no limit).
+    pub max_runs: Option<i64>,
     pub paused: Option<bool>,
 }
 
@@ -103,7 +112,9 @@ impl ScheduleBody {
             end_at: self.end_at,
             overlap_policy: self.overlap_policy,
             catchup_window_seconds: self.catchup_window_seconds,
+            catchup_max_runs: self.catchup_max_runs,
             jitter_seconds: self.jitter_seconds,
+            max_runs: self.max_runs,
         };
         (draft, self.paused)
     }
@@ -119,6 +130,25 @@ pub struct PauseBody {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmptyBody {}
+
+/// `POST /v1/schedules/{schedule_id}/resume`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeBody {
+    /// Plan the fires missed while paused, under the catch-up window and cap. By default
+    /// (false) a resume never fires a run for a time that passed while paused.
+    #[serde(default)]
+    pub catch_up: bool,
+}
+
+/// `POST /v1/schedules/{schedule_id}/trigger`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerBody {
+    /// Overrides the schedule's overlap policy for this trigger only (`allow`, `skip`,
+    /// `buffer_one`, `replace`); absent: the schedule's policy applies.
+    pub overlap_policy: Option<String>,
+}
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -238,6 +268,22 @@ impl From<&Job> for JobView {
     }
 }
 
+/// One upcoming fire.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FireView {
+    pub utc: DateTime<Utc>,
+    /// The same instant in the schedule's time zone, with its UTC offset.
+    pub local: String,
+    /// Set when the fire meets a daylight-saving transition: `spring_forward` (its local time
+    /// does not exist that day; it fires at the first instant after the gap),
+    /// `fall_back_first` or `fall_back_second` (its local time occurs twice that day).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<&'static str>,
+    /// The rule that applied, in one sentence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_note: Option<&'static str>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ScheduleResponse {
     pub id: String,
@@ -250,17 +296,30 @@ pub struct ScheduleResponse {
     pub end_at: Option<DateTime<Utc>>,
     pub overlap_policy: String,
     pub catchup_window_seconds: u32,
+    pub catchup_max_runs: u32,
     pub jitter_seconds: u32,
+    /// The offset every fire is shifted by, in `[0, jitter_seconds)`: stable per schedule.
+    pub jitter_offset_ms: i64,
+    pub max_runs: Option<u32>,
+    /// Fires recorded so far (run or skipped): what `max_runs` counts.
+    pub fire_count: u64,
+    /// `active`, `paused` or `completed` (no fire left and the last one has passed).
+    pub state: &'static str,
     pub paused: bool,
     pub pause_note: Option<String>,
+    pub paused_at: Option<DateTime<Utc>>,
     pub version: i64,
     pub shard: u16,
     /// The next fire the scheduler will plan (absent once a schedule has no fire left).
     pub next_fire_at: Option<DateTime<Utc>>,
-    /// The next 5 fires in UTC (empty while paused).
+    /// The latest fire recorded.
+    pub last_fire_at: Option<DateTime<Utc>>,
+    /// The next 5 fires in UTC (empty while paused or completed).
     pub next_fire_times: Vec<DateTime<Utc>>,
     /// The same fires in the schedule's local time, with their UTC offsets.
     pub next_fire_times_local: Vec<String>,
+    /// The same fires with how each meets a daylight-saving transition, if it does.
+    pub next_fires: Vec<FireView>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -284,14 +343,31 @@ impl From<&ScheduleView> for ScheduleResponse {
             end_at: s.spec.end_at,
             overlap_policy: s.spec.overlap_policy.as_str().to_owned(),
             catchup_window_seconds: s.spec.catchup_window_seconds,
+            catchup_max_runs: s.spec.catchup_max_runs,
             jitter_seconds: s.spec.jitter_seconds,
+            jitter_offset_ms: s.spec.jitter_offset(s.id).num_milliseconds(),
+            max_runs: s.spec.max_runs,
+            fire_count: s.fire_count,
+            state: v.state.as_str(),
             paused: s.paused,
             pause_note: s.pause_note.clone(),
+            paused_at: s.paused_at,
             version: s.version,
             shard: s.shard.get(),
             next_fire_at: s.next_fire_at,
+            last_fire_at: s.last_fire_at,
             next_fire_times: v.next_fire_times.iter().map(|p| p.utc).collect(),
             next_fire_times_local: v.next_fire_times.iter().map(|p| p.local.clone()).collect(),
+            next_fires: v
+                .next_fire_times
+                .iter()
+                .map(|p| FireView {
+                    utc: p.utc,
+                    local: p.local.clone(),
+                    dst: p.dst.map(DstNote::code),
+                    dst_note: p.dst.map(DstNote::explain),
+                })
+                .collect(),
             created_at: s.created_at,
             updated_at: s.updated_at,
         }
@@ -309,9 +385,18 @@ pub struct RunView {
     pub attempt: u32,
     pub retry_of: Option<String>,
     pub fire_time: DateTime<Utc>,
+    /// When it is due to start: its fire time, or (a retry) when its backoff ends.
+    pub due_at: DateTime<Utc>,
     /// `scheduled`, `queued`, `running`, `succeeded`, `failed`, `cancelled` or `skipped`.
     pub state: String,
+    /// Why it failed (`exit_code`, `oom_killed`, `timed_out`, `image_pull_failed`,
+    /// `start_failed`, `worker_lost`), was skipped (`overlap`, `missed`) or cancelled
+    /// (`cancel_requested`, `replaced`, `schedule_updated`, `schedule_paused`,
+    /// `schedule_deleted`, `job_deleted`).
     pub reason: Option<String>,
+    /// Queued but held by the overlap policy (`buffer_one`, `replace`) until the schedule's
+    /// other runs end: the run it waited for when it was held.
+    pub blocked_by: Option<String>,
     pub exit_code: Option<i32>,
     pub worker_id: Option<String>,
     pub cancel_requested: bool,
@@ -331,8 +416,10 @@ impl From<&Run> for RunView {
             attempt: r.attempt,
             retry_of: r.retry_of.map(|s| s.to_string()),
             fire_time: r.fire_time,
+            due_at: r.due_at,
             state: r.state.as_str().to_owned(),
             reason: r.reason.clone(),
+            blocked_by: r.blocked_by.map(|b| b.to_string()),
             exit_code: r.exit_code,
             worker_id: r.worker_id.clone(),
             cancel_requested: r.cancel_requested,
@@ -438,9 +525,12 @@ impl From<Page<Run>> for RunList {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BackfillResponse {
     pub dry_run: bool,
+    /// Every fire of the range (on the schedule's timeline: jitter applies).
     pub fire_times: Vec<DateTime<Utc>>,
-    /// The runs created (empty on a dry run; fires that already had a run are not repeated).
+    /// The runs created (empty on a dry run).
     pub runs: Vec<RunView>,
+    /// Fires of the range left alone: they already ran (succeeded) or are in progress.
+    pub left_alone: Vec<DateTime<Utc>>,
     /// Dry run only: more fires lie in the range than listed.
     pub truncated: bool,
 }
@@ -451,6 +541,7 @@ impl From<&BackfillOutcome> for BackfillResponse {
             dry_run: o.dry_run,
             fire_times: o.fire_times.clone(),
             runs: o.runs.iter().map(RunView::from).collect(),
+            left_alone: o.left_alone.clone(),
             truncated: o.truncated,
         }
     }

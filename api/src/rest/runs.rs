@@ -10,7 +10,7 @@ use kairos_domain::PageRequest;
 use super::{
     dto::{
         BackfillBody, BackfillResponse, EmptyBody, ErrorBody, ExecuteBody, RunEventView,
-        RunEventsResponse, RunList, RunListQuery, RunLogsResponse, RunView,
+        RunEventsResponse, RunList, RunListQuery, RunLogsResponse, RunView, TriggerBody,
     },
     extract::{Body, Caller, OptionalBody, Query},
 };
@@ -43,16 +43,21 @@ pub async fn execute_now(
     Ok((status, Json(RunView::from(&run))))
 }
 
-#[utoipa::path(post, path = "/v1/schedules/{schedule_id}/trigger", tag = "schedules",
+/// Fires the schedule once now, under its overlap policy unless `overlap_policy` overrides it:
+/// the run answered may be `queued`, `skipped` (reason `overlap`) or `queued` held behind the
+/// running one (`blocked_by`).
+#[utoipa::path(post, path = "/v1/schedules/{schedule_id}/trigger", tag = "schedules", request_body = Option<TriggerBody>,
     security(("api_key" = [])), params(("schedule_id" = String, Path)),
-    responses((status = 201, body = RunView), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = RunView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn trigger_schedule(
     State(service): State<Service>,
     Caller(tenant): Caller,
     Path(id): Path<String>,
-    OptionalBody(_): OptionalBody<EmptyBody>,
+    OptionalBody(body): OptionalBody<TriggerBody>,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
-    let run = service.trigger_schedule(tenant, &id).await?;
+    let run = service
+        .trigger_schedule(tenant, &id, body.overlap_policy.as_deref())
+        .await?;
     Ok((StatusCode::CREATED, Json(RunView::from(&run))))
 }
 

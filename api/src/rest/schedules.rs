@@ -9,7 +9,7 @@ use kairos_domain::PageRequest;
 
 use super::{
     dto::{
-        EmptyBody, ErrorBody, PauseBody, ScheduleBody, ScheduleList, ScheduleListQuery,
+        ErrorBody, PauseBody, ResumeBody, ScheduleBody, ScheduleList, ScheduleListQuery,
         ScheduleResponse,
     },
     extract::{Body, Caller, OptionalBody, Query},
@@ -102,16 +102,17 @@ pub async fn pause_schedule(
     )))
 }
 
-#[utoipa::path(post, path = "/v1/schedules/{schedule_id}/resume", tag = "schedules",
+/// Resumes a paused schedule from now; `catch_up` plans the fires missed while paused.
+#[utoipa::path(post, path = "/v1/schedules/{schedule_id}/resume", tag = "schedules", request_body = Option<ResumeBody>,
     security(("api_key" = [])), params(("schedule_id" = String, Path)),
     responses((status = 200, body = ScheduleResponse), (status = 404, body = ErrorBody)))]
 pub async fn resume_schedule(
     State(service): State<Service>,
     Caller(tenant): Caller,
     Path(id): Path<String>,
-    OptionalBody(_): OptionalBody<EmptyBody>,
+    OptionalBody(body): OptionalBody<ResumeBody>,
 ) -> Result<Json<ScheduleResponse>, ApiError> {
     Ok(Json(ScheduleResponse::from(
-        &service.resume_schedule(tenant, &id).await?,
+        &service.resume_schedule(tenant, &id, body.catch_up).await?,
     )))
 }

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use kairos_domain::{
-    Env, JobId, PageRequest, RunId, RunState, ScheduleId, ShardId, TenantId, Trigger,
-    schedule::parse_instant,
+    Env, JobId, OverlapPolicy, PageRequest, RunId, RunState, ScheduleId, ShardId, TenantId,
+    Trigger, schedule::parse_instant,
 };
-use kairos_store::{NewRun, Page, Run, RunEvent, RunFilter, RunLogs};
+use kairos_store::{NewRun, Page, Run, RunEvent, RunFilter, RunLogs, StoreError};
 
 use super::{Service, parse_id};
 use crate::ApiError;
@@ -15,12 +15,18 @@ use crate::ApiError;
 /// The most runs one backfill call may create; larger ranges are refused, not truncated.
 pub const MAX_BACKFILL_RUNS: usize = 1000;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+/// Reads and inserts a trigger makes before a schedule that keeps changing wins.
+const TRIGGER_ATTEMPTS: usize = 3;
 
 /// What a backfill did (or, for a dry run, would do).
 #[derive(Debug, Clone)]
 pub struct BackfillOutcome {
+    /// Every fire of the range (up to the limit).
     pub fire_times: Vec<DateTime<Utc>>,
+    /// The runs created (none on a dry run).
     pub runs: Vec<Run>,
+    /// Fires of the range left alone: they already ran (succeeded) or are in progress.
+    pub left_alone: Vec<DateTime<Utc>>,
     pub dry_run: bool,
     /// Dry run only: the range holds more fires than the listed ones.
     pub truncated: bool,
@@ -66,6 +72,7 @@ impl Service {
             fire_time: self.now(),
             state: RunState::Queued,
             env: Env::parse(env)?,
+            overlap: None,
         };
         let (run, created) = self
             .store()
@@ -78,30 +85,53 @@ impl Service {
         Ok((run, created))
     }
 
-    /// Runs a schedule's job once now, recorded against the schedule's current version.
-    pub async fn trigger_schedule(&self, tenant: TenantId, id: &str) -> Result<Run, ApiError> {
+    /// Runs a schedule's job once now, recorded against the schedule's current version. The
+    /// schedule's overlap policy applies against its runs in progress, unless `overlap`
+    /// overrides it for this trigger: the answer may be a run `skipped` (reason `overlap`) or
+    /// `queued` held behind the running one (`blocked_by`).
+    pub async fn trigger_schedule(
+        &self,
+        tenant: TenantId,
+        id: &str,
+        overlap: Option<&str>,
+    ) -> Result<Run, ApiError> {
         let id: ScheduleId = parse_id(id, "schedule")?;
-        let schedule = self.store().get_schedule(tenant, id).await?;
-        let new = NewRun {
-            id: RunId::generate(),
-            job_id: schedule.job_id,
-            schedule: Some((schedule.id, schedule.version)),
-            shard: schedule.shard,
-            trigger: Trigger::Manual,
-            attempt: 1,
-            retry_of: None,
-            fire_time: self.now(),
-            state: RunState::Queued,
-            env: Env::default(),
-        };
-        let (run, _) = self.store().create_run(tenant, &new, None).await?;
-        self.metrics().runs_created(Trigger::Manual);
-        tracing::info!(tenant_id = %tenant, schedule_id = %id, run_id = %run.id, "schedule triggered");
-        Ok(run)
+        let overlap = overlap
+            .map(|raw| OverlapPolicy::parse_field("overlap_policy", raw))
+            .transpose()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let schedule = self.store().get_schedule(tenant, id).await?;
+            let new = NewRun {
+                id: RunId::generate(),
+                job_id: schedule.job_id,
+                schedule: Some((schedule.id, schedule.version)),
+                shard: schedule.shard,
+                trigger: Trigger::Manual,
+                attempt: 1,
+                retry_of: None,
+                fire_time: self.now(),
+                state: RunState::Queued,
+                env: Env::default(),
+                overlap: Some(overlap.unwrap_or(schedule.spec.overlap_policy)),
+            };
+            match self.store().create_run(tenant, &new, None).await {
+                // The schedule changed between the read and the insert: decide again.
+                Err(StoreError::Conflict(_)) if attempt < TRIGGER_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+                Ok((run, _)) => {
+                    self.metrics().runs_created(Trigger::Manual);
+                    tracing::info!(tenant_id = %tenant, schedule_id = %id, run_id = %run.id, state = %run.state, "schedule triggered");
+                    return Ok(run);
+                }
+            }
+        }
     }
 
-    /// Creates one run per fire time of the schedule in `[from, to)`; fires that already
-    /// have a run are left alone. A dry run only lists the fire times.
+    /// Creates one run per fire time of the schedule in `[from, to)` (its timeline: jitter
+    /// applies, `max_runs` does not); fires that already ran or are in progress are left
+    /// alone. A dry run only lists what it would do.
     pub async fn backfill(
         &self,
         tenant: TenantId,
@@ -129,16 +159,12 @@ impl Service {
             ));
         }
         let schedule = self.store().get_schedule(tenant, id).await?;
-        let (fire_times, more) = schedule.spec.fires_between(from, to, MAX_BACKFILL_RUNS);
-        if dry_run {
-            return Ok(BackfillOutcome {
-                fire_times,
-                runs: Vec::new(),
-                dry_run,
-                truncated: more,
-            });
-        }
-        if more {
+        let (fire_times, more) =
+            schedule
+                .timeline()
+                .unlimited()
+                .between(from, to, MAX_BACKFILL_RUNS);
+        if more && !dry_run {
             return Err(ApiError::invalid(
                 "to",
                 format!(
@@ -146,19 +172,22 @@ impl Service {
                 ),
             ));
         }
-        let runs = self
+        let done = self
             .store()
-            .create_backfill_runs(tenant, &schedule, &fire_times)
+            .create_backfill_runs(tenant, &schedule, &fire_times, dry_run)
             .await?;
-        for _ in &runs {
+        for _ in &done.created {
             self.metrics().runs_created(Trigger::Backfill);
         }
-        tracing::info!(tenant_id = %tenant, schedule_id = %id, fires = fire_times.len(), created = runs.len(), "backfill queued");
+        if !dry_run {
+            tracing::info!(tenant_id = %tenant, schedule_id = %id, fires = fire_times.len(), created = done.created.len(), left_alone = done.left_alone.len(), "backfill queued");
+        }
         Ok(BackfillOutcome {
             fire_times,
-            runs,
+            runs: done.created,
+            left_alone: done.left_alone,
             dry_run,
-            truncated: false,
+            truncated: more,
         })
     }
 

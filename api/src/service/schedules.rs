@@ -2,12 +2,13 @@
 //! resume and delete. Trigger and backfill live with the runs they create (`runs.rs`).
 //!
 //! Every change recomputes `next_fire_at` from now, so an edit or a resume never fires a
-//! surprise run for a time that passed while it was paused or different (I4).
+//! surprise run for a time that passed while it was paused or different (I4); only a resume
+//! that asks for catch-up plans the fires missed while paused, under the catch-up rule.
 
 use kairos_domain::{
     FirePreview, JobId, PageRequest, ScheduleDraft, ScheduleId, TenantId, run::cancel_reason,
 };
-use kairos_store::{NewSchedule, Page, Schedule, ScheduleChange, StoreError};
+use kairos_store::{NewSchedule, NextFire, Page, Schedule, ScheduleChange, StoreError};
 
 use super::{Service, parse_id};
 use crate::ApiError;
@@ -17,22 +18,67 @@ pub const PREVIEW_FIRES: usize = 5;
 const CHANGE_ATTEMPTS: usize = 3;
 const MAX_NOTE_CHARS: usize = 500;
 
-/// A schedule with the preview of its next fires (empty while paused or finished).
+/// Where a schedule stands, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleState {
+    /// It will fire.
+    Active,
+    /// Paused: it fires nothing until resumed.
+    Paused,
+    /// No fire is left (a one-off that fired, `end_at` passed, `max_runs` reached) and the
+    /// last one has passed. It counts against no limit; an edit can give it new fires.
+    Completed,
+}
+
+impl ScheduleState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+        }
+    }
+}
+
+/// A schedule with its state and the preview of its next fires (empty while paused or
+/// completed).
 #[derive(Debug, Clone)]
 pub struct ScheduleView {
     pub schedule: Schedule,
+    pub state: ScheduleState,
     pub next_fire_times: Vec<FirePreview>,
 }
 
 impl Service {
     fn view(&self, schedule: Schedule) -> ScheduleView {
-        let next_fire_times = if schedule.paused {
-            Vec::new()
+        let now = self.now();
+        let state = if schedule.next_fire_at.is_none()
+            && schedule.last_fire_at.is_none_or(|last| last <= now)
+        {
+            ScheduleState::Completed
+        } else if schedule.paused {
+            ScheduleState::Paused
         } else {
-            schedule.spec.upcoming(self.now(), PREVIEW_FIRES)
+            ScheduleState::Active
+        };
+        let next_fire_times = match (state, schedule.next_fire_at) {
+            (ScheduleState::Active, Some(next)) => {
+                // From the next fire the scheduler will plan (fires it planned already and
+                // that are still ahead come first), on the schedule's timeline.
+                let timeline = schedule.timeline();
+                let mut preview = timeline.unlimited().upcoming(now, PREVIEW_FIRES);
+                if let Some(remaining) = timeline.remaining() {
+                    // Fires between now and `next_fire_at` are planned (counted) already.
+                    let planned = preview.iter().filter(|p| p.utc < next).count();
+                    preview.truncate(planned + remaining as usize);
+                }
+                preview
+            }
+            _ => Vec::new(),
         };
         ScheduleView {
             schedule,
+            state,
             next_fire_times,
         }
     }
@@ -47,10 +93,11 @@ impl Service {
         let job_id: JobId = parse_id(job_id, "job")?;
         let now = self.now();
         let spec = draft.parse(now)?;
+        let id = ScheduleId::generate();
         let new = NewSchedule {
-            id: ScheduleId::generate(),
+            id,
             job_id,
-            next_fire_at: spec.next_fire_after(now),
+            next_fire_at: spec.timeline(id, 0).next_after(now),
             spec,
             paused,
             pause_note: None,
@@ -93,7 +140,7 @@ impl Service {
             let spec = draft.clone().patch(&current.spec, now)?;
             let paused = paused.unwrap_or(current.paused);
             Ok(ScheduleChange {
-                next_fire_at: spec.next_fire_after(now),
+                next_fire: NextFire::After(now),
                 spec,
                 paused,
                 pause_note: if paused {
@@ -126,25 +173,32 @@ impl Service {
                 spec: current.spec.clone(),
                 paused: true,
                 pause_note: note.clone(),
-                next_fire_at: current.next_fire_at,
+                next_fire: NextFire::Keep,
                 cancel_reason: cancel_reason::SCHEDULE_PAUSED,
             })
         })
         .await
     }
 
-    /// Resumes from now: fires that fell while paused are not run.
+    /// Resumes from now: fires that fell while paused are not run, unless `catch_up` asks
+    /// for them, in which case they are planned from the pause on and the catch-up rule
+    /// (window and cap) decides which run late.
     pub async fn resume_schedule(
         &self,
         tenant: TenantId,
         id: &str,
+        catch_up: bool,
     ) -> Result<ScheduleView, ApiError> {
         self.change_schedule(tenant, id, |current, now| {
             Ok(ScheduleChange {
                 spec: current.spec.clone(),
                 paused: false,
                 pause_note: None,
-                next_fire_at: current.spec.next_fire_after(now),
+                next_fire: if catch_up {
+                    NextFire::SincePause { otherwise: now }
+                } else {
+                    NextFire::After(now)
+                },
                 cancel_reason: cancel_reason::SCHEDULE_UPDATED,
             })
         })

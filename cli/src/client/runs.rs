@@ -148,6 +148,9 @@ pub fn record(run: &Run) -> Record {
         .with_opt("started_at", opt_time(run.started_at.as_ref()))
         .with_opt("finished_at", opt_time(run.finished_at.as_ref()))
         .with_opt("retry_of", run.retry_of.as_deref())
+        .with_opt("due_at", opt_time(run.due_at.as_ref()))
+        .with_opt("blocked_by", run.blocked_by.as_deref())
+        .with_opt("schedule_version", run.schedule_version)
 }
 
 /// A run event with the REST API's field names.

@@ -40,9 +40,20 @@ pub enum SchedulesCommand {
         note: Option<String>,
     },
     /// Fire again from now on.
-    Resume { schedule_id: ScheduleId },
-    /// Fire once now.
-    Trigger { schedule_id: ScheduleId },
+    Resume {
+        schedule_id: ScheduleId,
+        /// Also plan the fires missed while paused (the catch-up window and cap decide which
+        /// run late).
+        #[arg(long)]
+        catch_up: bool,
+    },
+    /// Fire once now, under the schedule's overlap policy.
+    Trigger {
+        schedule_id: ScheduleId,
+        /// Override the overlap policy for this trigger only.
+        #[arg(long, value_parser = parse_overlap)]
+        overlap_policy: Option<OverlapPolicy>,
+    },
     /// Run (or with --dry-run only list) the fires in [--from, --to).
     Backfill(BackfillArgs),
 }
@@ -74,9 +85,15 @@ pub struct SpecArgs {
     /// How late a missed fire may still run (default 900).
     #[arg(long)]
     pub catchup_window_seconds: Option<i64>,
-    /// Random delay of up to this many seconds per fire (default 0).
+    /// Of the fires more than 30 s late, how many (the latest) still run (default 1).
+    #[arg(long)]
+    pub catchup_max_runs: Option<i64>,
+    /// Shift every fire by a stable per-schedule offset below this many seconds (default 0).
     #[arg(long)]
     pub jitter_seconds: Option<i64>,
+    /// End the schedule after this many fires (default: no limit).
+    #[arg(long)]
+    pub max_runs: Option<i64>,
 }
 
 fn parse_overlap(raw: &str) -> Result<OverlapPolicy, String> {
@@ -107,7 +124,9 @@ impl CreateArgs {
             end_at: s.end_at.map(timestamp),
             overlap_policy: s.overlap_policy.map(|p| p.as_str().to_owned()),
             catchup_window_seconds: s.catchup_window_seconds,
+            catchup_max_runs: s.catchup_max_runs,
             jitter_seconds: s.jitter_seconds,
+            max_runs: s.max_runs,
             paused: self.paused.then_some(true),
         }
     }
@@ -135,7 +154,9 @@ impl UpdateArgs {
             end_at: s.end_at.map(timestamp),
             overlap_policy: s.overlap_policy.map(|p| p.as_str().to_owned()),
             catchup_window_seconds: s.catchup_window_seconds,
+            catchup_max_runs: s.catchup_max_runs,
             jitter_seconds: s.jitter_seconds,
+            max_runs: s.max_runs,
             // Pausing has its own commands (with a note).
             paused: None,
         };
@@ -214,7 +235,14 @@ pub fn record(s: &Schedule) -> Record {
     let fires: Vec<Value> = s
         .next_fire_times
         .iter()
-        .map(|f| json!({"utc": opt_time(f.utc.as_ref()), "local": f.local}))
+        .map(|f| {
+            let mut fire = json!({"utc": opt_time(f.utc.as_ref()), "local": f.local});
+            if let (Some(code), Some(note)) = (&f.dst, &f.dst_note) {
+                fire["dst"] = json!(code);
+                fire["dst_note"] = json!(note);
+            }
+            fire
+        })
         .collect();
     Record::new()
         .with("id", s.id.as_str())
@@ -227,10 +255,18 @@ pub fn record(s: &Schedule) -> Record {
         .with_opt("end_at", opt_time(s.end_at.as_ref()))
         .with("overlap_policy", s.overlap_policy.as_str())
         .with("catchup_window_seconds", s.catchup_window_seconds)
+        .with("catchup_max_runs", s.catchup_max_runs)
         .with("jitter_seconds", s.jitter_seconds)
+        .with("jitter_offset_ms", s.jitter_offset_ms)
+        .with_opt("max_runs", s.max_runs)
+        .with("fire_count", s.fire_count)
+        .with("state", s.state.as_str())
         .with("paused", s.paused)
         .with_opt("pause_note", s.pause_note.as_deref())
+        .with_opt("paused_at", opt_time(s.paused_at.as_ref()))
         .with("version", s.version)
+        .with_opt("next_fire_at", opt_time(s.next_fire_at.as_ref()))
+        .with_opt("last_fire_at", opt_time(s.last_fire_at.as_ref()))
         .with("next_fire_times", fires)
         .with("created_at", opt_time(s.created_at.as_ref()))
         .with("updated_at", opt_time(s.updated_at.as_ref()))
@@ -266,9 +302,17 @@ pub async fn run(
         SchedulesCommand::Pause { schedule_id, note } => {
             client.pause_schedule(schedule_id, note.as_deref()).await?
         }
-        SchedulesCommand::Resume { schedule_id } => client.resume_schedule(schedule_id).await?,
-        SchedulesCommand::Trigger { schedule_id } => {
-            let run = client.trigger_schedule(schedule_id).await?;
+        SchedulesCommand::Resume {
+            schedule_id,
+            catch_up,
+        } => client.resume_schedule_with(schedule_id, catch_up).await?,
+        SchedulesCommand::Trigger {
+            schedule_id,
+            overlap_policy,
+        } => {
+            let run = client
+                .trigger_schedule_with(schedule_id, overlap_policy)
+                .await?;
             out.record(&runs::record(&run))?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -454,6 +498,7 @@ mod tests {
                     nanos: 0,
                 }),
                 local: "2026-01-31T09:00:00+00:00".into(),
+                ..FireTime::default()
             }],
             ..Schedule::default()
         };

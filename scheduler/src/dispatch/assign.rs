@@ -246,13 +246,15 @@ impl Dispatcher {
         }
         for (_, (lease, ids)) in by_shard {
             match self.store.fail_lost_runs(&lease, &ids).await {
-                Ok(failed) => {
-                    self.metrics.runs_lost.inc_by(failed.len() as u64);
+                Ok(ended) => {
+                    self.metrics.runs_lost.inc_by(ended.moved.len() as u64);
                     tracing::warn!(
                         shard = lease.shard().get(),
-                        runs = failed.len(),
+                        runs = ended.moved.len(),
+                        retries = ended.retries.len(),
                         "runs failed: their worker stopped heartbeating"
                     );
+                    self.after_ends(ended.retries, ended.released).await;
                 }
                 Err(e) => {
                     tracing::warn!(shard = lease.shard().get(), error = %e, "cannot fail lost runs")

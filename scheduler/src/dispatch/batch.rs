@@ -196,6 +196,7 @@ impl Dispatcher {
         };
         // Crash point for tests: the ends are recorded, the workers still hold their reports.
         fail::fail_point!("scheduler::after_finish", |_| std::process::abort());
+        self.after_ends(finished.retries, finished.released).await;
         let mut recorded = HashSet::new();
         for (id, result) in finished.results {
             match result {

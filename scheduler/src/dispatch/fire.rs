@@ -182,6 +182,18 @@ impl Dispatcher {
                 "due runs fenced off: their shards have a newer owner, which fires them"
             );
         }
+        if !fired.skipped.is_empty() || !fired.held.is_empty() {
+            tracing::debug!(
+                skipped = fired.skipped.len(),
+                held = fired.held.len(),
+                "fires decided by their overlap policy"
+            );
+        }
+        // `replace`: the runs it ended on workers are stopped there (the planner's rescan of
+        // cancel requests is the safety net).
+        for (shard, run) in &fired.stop {
+            self.cancel_running(*shard, *run).await;
+        }
         for (tx, message) in replies {
             let _ = tx.send(Ok(message)).await;
         }

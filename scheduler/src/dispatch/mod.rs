@@ -25,7 +25,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use kairos_domain::{RunId, ShardId};
 use kairos_proto::v1::{SchedulerMessage, scheduler_message};
-use kairos_store::{LeasedRun, SchedulerStore, ShardLease};
+use kairos_store::{DueRetry, LeasedRun, ReleasedRun, SchedulerStore, ShardLease};
 use tokio::{
     sync::{Notify, mpsc},
     time::Instant,
@@ -39,6 +39,8 @@ use crate::{coordinator::Coordinator, metrics::Metrics};
 const WORKER_BUFFER: usize = 4096;
 /// Acks and reports buffered toward the store batches.
 const BATCH_BUFFER: usize = 65_536;
+/// Batches of new retries buffered toward the engine.
+const RETRY_BUFFER: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
@@ -129,6 +131,9 @@ pub struct Dispatcher {
     acks: mpsc::Sender<AckIn>,
     reports: mpsc::Sender<ReportIn>,
     inboxes: Arc<Mutex<Option<Inboxes>>>,
+    /// Retries the report and sweep batches created, for the engine to arm.
+    retries: mpsc::Sender<Vec<DueRetry>>,
+    retries_rx: Arc<Mutex<Option<mpsc::Receiver<Vec<DueRetry>>>>>,
     store: Arc<dyn SchedulerStore>,
     config: Arc<DispatchConfig>,
     metrics: Metrics,
@@ -145,6 +150,7 @@ impl Dispatcher {
     pub fn new(store: Arc<dyn SchedulerStore>, config: DispatchConfig, metrics: Metrics) -> Self {
         let (acks, acks_rx) = mpsc::channel(BATCH_BUFFER);
         let (reports, reports_rx) = mpsc::channel(BATCH_BUFFER);
+        let (retries, retries_rx) = mpsc::channel(RETRY_BUFFER);
         Self {
             state: Arc::default(),
             wake: Arc::default(),
@@ -155,6 +161,8 @@ impl Dispatcher {
                 acks: acks_rx,
                 reports: reports_rx,
             }))),
+            retries,
+            retries_rx: Arc::new(Mutex::new(Some(retries_rx))),
             store,
             config: Arc::new(config),
             metrics,
@@ -163,6 +171,36 @@ impl Dispatcher {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The receiving end of the retries the dispatcher creates (taken once, by the engine,
+    /// which arms them; the planner's scan of due retries is the safety net).
+    pub fn take_retries(&self) -> Option<mpsc::Receiver<Vec<DueRetry>>> {
+        self.retries_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// What a batch that ended runs left to do: arm the retries it created (through the
+    /// engine) and dispatch the held fires it released.
+    async fn after_ends(&self, retries: Vec<DueRetry>, released: Vec<ReleasedRun>) {
+        if !released.is_empty() {
+            let mut state = self.state();
+            for r in released {
+                if let Some(lease) = state.leases.get(&r.shard).cloned()
+                    && !state.awaiting.contains_key(&r.id)
+                    && !state.running.contains_key(&r.id)
+                {
+                    state.ready.push_back(leased(&lease, r.id, r.fire_time));
+                }
+            }
+            drop(state);
+            self.wake.notify_one();
+        }
+        if !retries.is_empty() && self.retries.send(retries).await.is_err() {
+            tracing::debug!("engine gone; the planner's scan arms the retries");
+        }
     }
 
     /// The look-ahead at which the engine announces upcoming runs.
