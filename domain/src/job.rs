@@ -501,14 +501,21 @@ mod tests {
                 let delay = policy.backoff(attempt, seed).as_millis() as u64;
                 assert!((10_000..=300_000).contains(&delay), "{attempt}: {delay}");
                 let base = (10_000u64 << (attempt - 1)).min(300_000);
-                assert!(delay >= base / 2 && delay <= base * 3 / 2, "{attempt}: {delay} vs {base}");
+                assert!(
+                    delay >= base / 2 && delay <= base * 3 / 2,
+                    "{attempt}: {delay} vs {base}"
+                );
             }
         }
         // The same failed run always waits the same; different runs spread out.
         assert_eq!(policy.backoff(3, 42), policy.backoff(3, 42));
         let spread: std::collections::HashSet<_> =
             (0..100u64).map(|seed| policy.backoff(3, seed)).collect();
-        assert!(spread.len() > 50, "jitter spreads retries: {}", spread.len());
+        assert!(
+            spread.len() > 50,
+            "jitter spreads retries: {}",
+            spread.len()
+        );
         // Once at the cap, it stays there (give or take the jitter, never above).
         assert!(policy.backoff(40, 7) <= std::time::Duration::from_secs(300));
         assert!(policy.backoff(u32::MAX, 7) >= std::time::Duration::from_secs(150));
@@ -525,7 +532,10 @@ mod tests {
         assert!(policy.retries_after(1));
         assert!(policy.retries_after(2));
         assert!(!policy.retries_after(3));
-        assert!(!RetryPolicy::DEFAULT.retries_after(1), "one attempt by default");
+        assert!(
+            !RetryPolicy::DEFAULT.retries_after(1),
+            "one attempt by default"
+        );
     }
 
     fn draft() -> JobDraft {

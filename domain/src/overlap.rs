@@ -84,9 +84,8 @@ pub fn decide(policy: OverlapPolicy, active: &[ActiveRun]) -> OverlapOutcome {
             OverlapOutcome::only(FireDecision::Hold { blocked_by })
         }
         OverlapPolicy::Replace => {
-            let (stop, cancel): (Vec<ActiveRun>, Vec<ActiveRun>) = active
-                .iter()
-                .partition(|a| a.kind == ActiveKind::Running);
+            let (stop, cancel): (Vec<ActiveRun>, Vec<ActiveRun>) =
+                active.iter().partition(|a| a.kind == ActiveKind::Running);
             OverlapOutcome {
                 fire: match running {
                     Some(r) => FireDecision::Hold { blocked_by: r.id },

@@ -676,7 +676,9 @@ mod tests {
     use proptest::prelude::*;
 
     /// A schedule id for the tests; its jitter offset only matters with `jitter_seconds`.
-    const ID: ScheduleId = ScheduleId::from_uuid(uuid::Uuid::from_u128(0x0190_f0c2_d8a8_7c3e_9f4b_1a2b_3c4d_5e6f));
+    const ID: ScheduleId = ScheduleId::from_uuid(uuid::Uuid::from_u128(
+        0x0190_f0c2_d8a8_7c3e_9f4b_1a2b_3c4d_5e6f,
+    ));
 
     fn t(s: &str) -> DateTime<Utc> {
         parse_instant("t", s).unwrap()
@@ -693,7 +695,8 @@ mod tests {
     }
 
     fn utc_list(spec: &ScheduleSpec, after: &str, n: usize) -> Vec<String> {
-        spec.timeline(ID, 0).upcoming(t(after), n)
+        spec.timeline(ID, 0)
+            .upcoming(t(after), n)
             .into_iter()
             .map(|p| p.utc.to_rfc3339())
             .collect()
@@ -835,11 +838,13 @@ mod tests {
     fn fires_between_is_half_open_and_bounded() {
         let spec = cron("0 * * * *", "UTC");
         let (fires, more) =
-            spec.timeline(ID, 0).between(t("2026-03-01T00:00:00Z"), t("2026-03-01T03:00:00Z"), 10);
+            spec.timeline(ID, 0)
+                .between(t("2026-03-01T00:00:00Z"), t("2026-03-01T03:00:00Z"), 10);
         assert_eq!(fires.len(), 3);
         assert!(!more);
         let (fires, more) =
-            spec.timeline(ID, 0).between(t("2026-03-01T00:00:00Z"), t("2026-03-02T00:00:00Z"), 5);
+            spec.timeline(ID, 0)
+                .between(t("2026-03-01T00:00:00Z"), t("2026-03-02T00:00:00Z"), 5);
         assert_eq!(fires.len(), 5);
         assert!(more);
     }
@@ -1005,7 +1010,11 @@ mod tests {
                 ("2026-11-01T01:30:00-05:00", Some("fall_back_second")),
             ]
         );
-        assert!(DstNote::FallBackSecond.explain().contains("second occurrence"));
+        assert!(
+            DstNote::FallBackSecond
+                .explain()
+                .contains("second occurrence")
+        );
 
         // Intervals are UTC arithmetic: no note, even across a transition.
         let every_hour = with(ScheduleDraft {
@@ -1032,12 +1041,12 @@ mod tests {
         let offset = spec.jitter_offset(ID);
         // Pinned: the offset of a schedule must not move between releases or nodes.
         assert_eq!(offset, Duration::milliseconds(280_953));
-        let nominal: Vec<_> = std::iter::successors(
-            spec.next_fire_after(t("2026-03-01T00:30:00Z")),
-            |t| spec.next_fire_after(*t),
-        )
-        .take(4)
-        .collect();
+        let nominal: Vec<_> =
+            std::iter::successors(spec.next_fire_after(t("2026-03-01T00:30:00Z")), |t| {
+                spec.next_fire_after(*t)
+            })
+            .take(4)
+            .collect();
         let jittered: Vec<_> = spec
             .timeline(ID, 0)
             .fires_after(t("2026-03-01T00:30:00Z"))
@@ -1112,10 +1121,11 @@ mod tests {
         assert_eq!(spec.timeline(ID, 3).next_after(after), None);
         assert_eq!(spec.timeline(ID, 7).remaining(), Some(0));
         // Backfill looks at past fires whatever the limit says.
-        let (past, _) = spec
-            .timeline(ID, 3)
-            .unlimited()
-            .between(t("2026-02-01T00:00:00Z"), t("2026-02-01T10:00:00Z"), 100);
+        let (past, _) = spec.timeline(ID, 3).unlimited().between(
+            t("2026-02-01T00:00:00Z"),
+            t("2026-02-01T10:00:00Z"),
+            100,
+        );
         assert_eq!(past.len(), 10);
         assert_eq!(cron("@hourly", "UTC").timeline(ID, 1_000).remaining(), None);
     }
@@ -1134,11 +1144,13 @@ mod tests {
             .collect();
         assert_eq!(
             fires,
-            [t("2026-03-01T00:00:10.000250Z"), t("2026-03-01T00:00:20.000250Z")]
+            [
+                t("2026-03-01T00:00:10.000250Z"),
+                t("2026-03-01T00:00:20.000250Z")
+            ]
         );
         assert_eq!(
-            spec.timeline(ID, 0)
-                .next_after(t("2026-02-01T00:00:00Z")),
+            spec.timeline(ID, 0).next_after(t("2026-02-01T00:00:00Z")),
             Some(t("2026-03-01T00:00:00.000250Z")),
             "start_at itself is the first fire"
         );
@@ -1174,7 +1186,10 @@ mod tests {
             "catchup_max_runs"
         );
         let spec = daily().parse(now).unwrap();
-        assert_eq!(spec.catchup_max_runs, ScheduleSpec::DEFAULT_CATCHUP_MAX_RUNS);
+        assert_eq!(
+            spec.catchup_max_runs,
+            ScheduleSpec::DEFAULT_CATCHUP_MAX_RUNS
+        );
         assert_eq!(spec.max_runs, None);
         let patched = ScheduleDraft {
             max_runs: Some(5),

@@ -43,6 +43,9 @@ mod tests {
         let draws: Vec<f64> = (0..10_000u64).map(unit_interval).collect();
         assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
         let low = draws.iter().filter(|u| **u < 0.5).count();
-        assert!((4_500..5_500).contains(&low), "{low} of 10000 below one half");
+        assert!(
+            (4_500..5_500).contains(&low),
+            "{low} of 10000 below one half"
+        );
     }
 }

@@ -626,8 +626,7 @@ async fn recover(
             _ => {}
         }
     }
-    if !scheduled.is_empty() || !queued.is_empty() || !running.is_empty() || !missed.is_empty()
-    {
+    if !scheduled.is_empty() || !queued.is_empty() || !running.is_empty() || !missed.is_empty() {
         tracing::info!(
             shard = lease.shard().get(),
             scheduled = scheduled.len(),
@@ -662,9 +661,12 @@ async fn recovery_scan(
     ));
     let mut late: HashMap<ScheduleId, Vec<(RunId, DateTime<Utc>, i64)>> = HashMap::new();
     for run in &pending {
-        if let (RunState::Scheduled, Trigger::Schedule, Some(schedule), Some(version)) =
-            (run.state, run.trigger, run.schedule_id, run.schedule_version)
-            && run.fire_time < now - tolerance
+        if let (RunState::Scheduled, Trigger::Schedule, Some(schedule), Some(version)) = (
+            run.state,
+            run.trigger,
+            run.schedule_id,
+            run.schedule_version,
+        ) && run.fire_time < now - tolerance
         {
             late.entry(schedule)
                 .or_default()

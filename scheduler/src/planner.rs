@@ -263,17 +263,26 @@ mod tests {
     fn only_the_latest_late_fires_up_to_the_cap_run_and_the_older_are_missed() {
         // Down from 00:00 to 00:10; every minute, a one-hour window, the default cap of 1.
         let d = minutely(3600, 1, "2026-03-01T00:00:00Z");
-        let fires = plan_fires(&d, t("2026-03-01T00:10:00Z"), t("2026-03-01T00:11:00Z"), 100);
-        let mut expected: Vec<(String, FireState)> = (0..9)
-            .map(|m| (format!("00:{m:02}:00"), MISSED))
-            .collect();
+        let fires = plan_fires(
+            &d,
+            t("2026-03-01T00:10:00Z"),
+            t("2026-03-01T00:11:00Z"),
+            100,
+        );
+        let mut expected: Vec<(String, FireState)> =
+            (0..9).map(|m| (format!("00:{m:02}:00"), MISSED)).collect();
         expected.push(("00:09:00".into(), RUNS)); // the latest late fire runs
         expected.push(("00:10:00".into(), RUNS)); // on time
         expected.push(("00:11:00".into(), RUNS)); // ahead
         assert_eq!(states(&fires), expected);
 
         let d = minutely(3600, 3, "2026-03-01T00:00:00Z");
-        let fires = plan_fires(&d, t("2026-03-01T00:10:00Z"), t("2026-03-01T00:10:00Z"), 100);
+        let fires = plan_fires(
+            &d,
+            t("2026-03-01T00:10:00Z"),
+            t("2026-03-01T00:10:00Z"),
+            100,
+        );
         let run_late: Vec<_> = states(&fires)
             .into_iter()
             .filter(|(_, s)| *s == RUNS)
@@ -311,11 +320,21 @@ mod tests {
         // A failover delays fires by a few seconds: even with a cap of 0 they all run.
         let mut d = due(5, 900, "2026-03-01T00:00:00Z");
         d.spec.catchup_max_runs = 0;
-        let fires = plan_fires(&d, t("2026-03-01T00:00:25Z"), t("2026-03-01T00:00:25Z"), 100);
+        let fires = plan_fires(
+            &d,
+            t("2026-03-01T00:00:25Z"),
+            t("2026-03-01T00:00:25Z"),
+            100,
+        );
         assert_eq!(fires.len(), 6);
         assert!(fires.iter().all(|f| f.state == RUNS));
         // Beyond the tolerance, a cap of 0 runs no late fire at all.
-        let fires = plan_fires(&d, t("2026-03-01T00:01:00Z"), t("2026-03-01T00:01:00Z"), 100);
+        let fires = plan_fires(
+            &d,
+            t("2026-03-01T00:01:00Z"),
+            t("2026-03-01T00:01:00Z"),
+            100,
+        );
         let late_ran = fires
             .iter()
             .filter(|f| f.state == RUNS && f.fire_time < t("2026-03-01T00:00:30Z"))
@@ -326,7 +345,12 @@ mod tests {
     #[test]
     fn a_window_narrower_than_the_tolerance_still_bounds_lateness() {
         let d = due(5, 10, "2026-03-01T00:00:00Z");
-        let fires = plan_fires(&d, t("2026-03-01T00:00:20Z"), t("2026-03-01T00:00:20Z"), 100);
+        let fires = plan_fires(
+            &d,
+            t("2026-03-01T00:00:20Z"),
+            t("2026-03-01T00:00:20Z"),
+            100,
+        );
         assert_eq!(
             states(&fires),
             [
@@ -347,7 +371,12 @@ mod tests {
         let offset = d.spec.jitter_offset(d.id);
         d.next_fire_at = t("2026-03-01T00:00:00Z") + offset;
         d.fire_count = 1;
-        let fires = plan_fires(&d, t("2026-03-01T00:00:00Z"), t("2026-03-01T01:00:00Z"), 100);
+        let fires = plan_fires(
+            &d,
+            t("2026-03-01T00:00:00Z"),
+            t("2026-03-01T01:00:00Z"),
+            100,
+        );
         let times: Vec<_> = fires.iter().map(|f| f.fire_time).collect();
         assert_eq!(
             times,
@@ -358,7 +387,10 @@ mod tests {
             "two fires were left of three"
         );
         assert_eq!(fires[0].next_fire_at, Some(times[1]));
-        assert_eq!(fires[1].next_fire_at, None, "the last fire ends the schedule");
+        assert_eq!(
+            fires[1].next_fire_at, None,
+            "the last fire ends the schedule"
+        );
     }
 
     #[test]
@@ -389,7 +421,10 @@ mod tests {
         assert_eq!(missed.len(), 5);
         // At 00:05:10 the unplanned 00:05 fire is on time: the newest two planned ones run.
         let missed = missed_on_recovery(&schedule, &planned, t("2026-03-01T00:05:10Z"));
-        assert_eq!(missed, planned[..3].iter().map(|(id, _)| *id).collect::<Vec<_>>());
+        assert_eq!(
+            missed,
+            planned[..3].iter().map(|(id, _)| *id).collect::<Vec<_>>()
+        );
         // Nothing left to plan: the planned ones are the newest.
         schedule.next_fire_at = None;
         let missed = missed_on_recovery(&schedule, &planned, t("2026-03-01T00:10:00Z"));

@@ -148,11 +148,14 @@ pub(crate) async fn job<S: Store>(store: &S, tenant: TenantId) -> Job {
         .expect("create job")
 }
 
+/// A cron schedule in Paris whose fires may overlap (`allow`: checks that fire several runs
+/// of one schedule are not about the overlap rule, which has checks of its own).
 pub(crate) fn cron_spec(pattern: &str) -> ScheduleSpec {
     ScheduleDraft {
         cron: Some(pattern.into()),
         timezone: Some("Europe/Paris".into()),
         catchup_window_seconds: Some(120),
+        overlap_policy: Some("allow".into()),
         ..ScheduleDraft::default()
     }
     .parse(now())
@@ -1106,7 +1109,11 @@ pub async fn backfill_creates_queued_runs_and_skips_fires_that_already_have_one<
         .create_backfill_runs(t, &s, &asked, false)
         .await
         .expect("backfill");
-    assert_eq!(done.left_alone, [fires[1]], "a fire in progress is left alone");
+    assert_eq!(
+        done.left_alone,
+        [fires[1]],
+        "a fire in progress is left alone"
+    );
     let runs = done.created;
     assert_eq!(
         runs.iter().map(|r| r.fire_time).collect::<Vec<_>>(),

@@ -23,6 +23,7 @@ use kairos_domain::{
 use crate::conformance::{
     assert_not_found, change, cron_spec, events_of, job, job_spec, manual_run, now, page, tenant,
 };
+pub use crate::conformance_semantics::*;
 use crate::{
     DueRun, FinishedRun, FireState, Job, LOG_TAIL_MAX_BYTES, LeasedRun, Materialize, NewSchedule,
     Result, Run, RunAck, RunFilter, RunOutcome, RunReport, Schedule, SchedulerStore, ShardLease,
@@ -62,6 +63,22 @@ macro_rules! scheduler_store_conformance_suite {
             upcoming_offers_include_scheduled_runs,
             materializing_across_shards_writes_the_current_leases_only,
             cancel_requests_of_running_runs_are_read_across_shards,
+            // The schedule semantics (`conformance_semantics`).
+            a_fire_is_skipped_for_overlap_while_its_schedule_has_a_run_in_progress,
+            fires_of_one_schedule_in_one_batch_are_decided_in_fire_order,
+            buffer_one_holds_one_fire_until_the_running_one_ends,
+            replace_cancels_what_waits_stops_what_runs_and_then_starts,
+            a_trigger_is_decided_by_the_overlap_policy_unless_it_overrides_it,
+            a_failed_run_is_retried_with_backoff_until_its_attempts_run_out,
+            cancels_successes_stale_versions_and_deleted_jobs_are_never_retried,
+            materializing_counts_fires_and_ends_the_schedule_at_max_runs,
+            a_change_gives_back_unfired_fires_and_its_version_may_fire_the_same_instants,
+            pauses_record_when_and_a_resume_may_plan_from_the_pause,
+            a_backfill_reruns_fires_that_did_not_succeed_and_a_dry_run_writes_nothing,
+            schedules_and_retries_are_read_for_the_named_shards_only,
+            a_change_racing_a_fire_never_leaves_a_run_of_the_old_version_startable,
+            a_change_racing_a_failure_never_leaves_a_retry_of_the_old_version,
+            a_fire_racing_the_end_of_the_run_it_waits_for_is_never_stranded,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {

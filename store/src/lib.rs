@@ -14,6 +14,8 @@ pub mod scheduling;
 pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod conformance_scheduling;
+#[cfg(feature = "conformance")]
+pub mod conformance_semantics;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -263,12 +263,12 @@ async fn decide_overlaps(
     overlap::lock(batch.tx.conn(), schedules.iter().copied()).await?;
     let mut candidates: Vec<Candidate> =
         sqlx::query_as(candidates_sql!(" ORDER BY r.id FOR UPDATE OF r"))
-        .bind(&ids)
-        .bind(shards)
-        .bind(range.0)
-        .bind(range.1)
-        .fetch_all(batch.tx.conn())
-        .await?;
+            .bind(&ids)
+            .bind(shards)
+            .bind(range.0)
+            .bind(range.1)
+            .fetch_all(batch.tx.conn())
+            .await?;
     candidates.retain(|c| c.schedule_id.is_some_and(|s| schedules.contains(&s)));
     candidates.sort_by_key(|c| (c.fire_time, c.id));
     let by_id: HashMap<Uuid, Candidate> = candidates.iter().map(|c| (c.id, c.clone())).collect();
@@ -418,7 +418,9 @@ async fn apply_overlaps(
     let replaced = overlap::replace(batch.tx.conn(), &cancel, &stop).await?;
     transitions.extend(replaced.cancelled);
     for row in replaced.stopped {
-        fired.stop.push((stored_shard(row.shard)?, RunId::from_uuid(row.id)));
+        fired
+            .stop
+            .push((stored_shard(row.shard)?, RunId::from_uuid(row.id)));
     }
     Ok(())
 }

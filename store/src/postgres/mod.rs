@@ -31,11 +31,10 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::{
     AckedRuns, Assignment, Backfill, DueRetry, DueRun, DueSchedule, EndedRuns, FinishedRun,
-    FinishedRuns, FiredRuns, Job,
-    LeasedRun, Materialize, MaterializedAcross, MaterializedRun, NewApiKey, NewRun, NewSchedule,
-    Offer, Page, PartitionReport, PendingRun, Result, Run, RunAck, RunEvent, RunFilter, RunLogs,
-    RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore, ShardChange, ShardLease,
-    Store, Tenant,
+    FinishedRuns, FiredRuns, Job, LeasedRun, Materialize, MaterializedAcross, MaterializedRun,
+    NewApiKey, NewRun, NewSchedule, Offer, Page, PartitionReport, PendingRun, Result, Run, RunAck,
+    RunEvent, RunFilter, RunLogs, RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore,
+    ShardChange, ShardLease, Store, Tenant,
 };
 
 pub use partitions::DEFAULT_RETENTION_DAYS;

@@ -296,7 +296,11 @@ pub(super) async fn create_backfill(
         tx.notify(RUNS_QUEUED_CHANNEL, locked.shard).await?;
     }
     tx.commit().await?;
-    tracing::info!(created = runs.len(), left_alone = left_alone.len(), "backfill runs created");
+    tracing::info!(
+        created = runs.len(),
+        left_alone = left_alone.len(),
+        "backfill runs created"
+    );
     Ok(Backfill {
         created: runs,
         left_alone,
