@@ -236,6 +236,7 @@ pub(crate) fn change(spec: ScheduleSpec, paused: bool, reason: &'static str) -> 
         paused,
         pause_note: paused.then(|| "maintenance window".to_owned()),
         cancel_reason: reason,
+        at: Utc::now(),
     }
 }
 

@@ -628,6 +628,7 @@ pub async fn cancels_successes_stale_versions_and_deleted_jobs_are_never_retried
                 pause_note: None,
                 next_fire: NextFire::After(now()),
                 cancel_reason: cancel_reason::SCHEDULE_UPDATED,
+                at: Utc::now(),
             },
             w.schedule.version,
         )
@@ -758,6 +759,7 @@ pub async fn a_change_gives_back_unfired_fires_and_its_version_may_fire_the_same
                 pause_note: None,
                 next_fire: NextFire::After(now()),
                 cancel_reason: cancel_reason::SCHEDULE_UPDATED,
+                at: Utc::now(),
             },
             before.version,
         )
@@ -807,6 +809,7 @@ pub async fn pauses_record_when_and_a_resume_may_plan_from_the_pause<S: Store + 
             pause_note: Some(note.to_owned()),
             next_fire: NextFire::Keep,
             cancel_reason: cancel_reason::SCHEDULE_PAUSED,
+            at: Utc::now(),
         };
         async move {
             store
@@ -829,6 +832,7 @@ pub async fn pauses_record_when_and_a_resume_may_plan_from_the_pause<S: Store + 
             pause_note: None,
             next_fire,
             cancel_reason: cancel_reason::SCHEDULE_UPDATED,
+            at: Utc::now(),
         };
         async move {
             store
@@ -1048,6 +1052,7 @@ pub async fn a_change_racing_a_fire_never_leaves_a_run_of_the_old_version_starta
                             pause_note: None,
                             next_fire: NextFire::After(now()),
                             cancel_reason: reason,
+                            at: Utc::now(),
                         },
                         w.schedule.version,
                     )
@@ -1095,6 +1100,7 @@ pub async fn a_change_racing_a_failure_never_leaves_a_retry_of_the_old_version<
             pause_note: None,
             next_fire: NextFire::After(now()),
             cancel_reason: cancel_reason::SCHEDULE_UPDATED,
+            at: Utc::now(),
         };
         let (finished, changed) = tokio::join!(
             store.finish_runs(&report),

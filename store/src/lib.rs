@@ -90,11 +90,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `scheduled`/`queued` runs of older versions with `change.cancel_reason` (I4).
     ///
     /// In the same transaction: the fires it cancelled while still `scheduled` (planned, not
-    /// yet fired) are taken off the fire count; `paused_at` becomes the change's time when the
+    /// yet fired) are taken off the fire count; `paused_at` becomes `change.at` when the
     /// schedule goes from running to paused, stays while it stays paused, and is cleared when
     /// it resumes; `next_fire_at` is computed from `change.next_fire` with the new spec's
     /// timeline (`ScheduleSpec::timeline(id, fire count)`, so jitter and `max_runs` apply), or
-    /// kept for `NextFire::Keep`, and is `None` when the count has reached `max_runs`.
+    /// kept for `NextFire::Keep`, and is `None` when the count has reached `max_runs`;
+    /// `last_fire_at` becomes the latest fire (trigger `schedule`) not cancelled.
     /// `Conflict` if the version moved, `NotFound` if the schedule is not the tenant's.
     async fn update_schedule(
         &self,

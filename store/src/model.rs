@@ -92,6 +92,8 @@ pub struct ScheduleChange {
     pub next_fire: NextFire,
     /// Reason recorded on the old version's not-yet-started runs that this change cancels.
     pub cancel_reason: &'static str,
+    /// When the change is made (the API's clock): a pause records it as `paused_at`.
+    pub at: DateTime<Utc>,
 }
 
 /// Where a change puts a schedule's `next_fire_at`.

@@ -288,6 +288,7 @@ async fn committed_changes_are_announced_on_their_channels_with_the_shard() {
         pause_note: None,
         next_fire: kairos_store::NextFire::Keep,
         cancel_reason: kairos_domain::run::cancel_reason::SCHEDULE_PAUSED,
+        at: Utc::now(),
     };
     store
         .update_schedule(t, s.id, &change, s.version)

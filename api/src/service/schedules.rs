@@ -61,20 +61,30 @@ impl Service {
         } else {
             ScheduleState::Active
         };
-        let next_fire_times = match (state, schedule.next_fire_at) {
-            (ScheduleState::Active, Some(next)) => {
-                // From the next fire the scheduler will plan (fires it planned already and
-                // that are still ahead come first), on the schedule's timeline.
-                let timeline = schedule.timeline();
-                let mut preview = timeline.unlimited().upcoming(now, PREVIEW_FIRES);
-                if let Some(remaining) = timeline.remaining() {
-                    // Fires between now and `next_fire_at` are planned (counted) already.
-                    let planned = preview.iter().filter(|p| p.utc < next).count();
-                    preview.truncate(planned + remaining as usize);
-                }
-                preview
-            }
-            _ => Vec::new(),
+        let next_fire_times = if state == ScheduleState::Active {
+            // The schedule's timeline from now: the fires planned already and still ahead
+            // (up to `last_fire_at`), then those from `next_fire_at` on, as many as
+            // `max_runs` leaves.
+            let timeline = schedule.timeline();
+            let mut left = timeline.remaining();
+            timeline
+                .unlimited()
+                .upcoming(now, PREVIEW_FIRES)
+                .into_iter()
+                .filter(|p| match schedule.next_fire_at {
+                    Some(next) if p.utc >= next => match left {
+                        Some(0) => false,
+                        Some(n) => {
+                            left = Some(n - 1);
+                            true
+                        }
+                        None => true,
+                    },
+                    _ => schedule.last_fire_at.is_some_and(|last| p.utc <= last),
+                })
+                .collect()
+        } else {
+            Vec::new()
         };
         ScheduleView {
             schedule,
@@ -149,6 +159,7 @@ impl Service {
                     None
                 },
                 cancel_reason: cancel_reason::SCHEDULE_UPDATED,
+                at: now,
             })
         })
         .await
@@ -168,13 +179,14 @@ impl Service {
                 format!("must be at most {MAX_NOTE_CHARS} characters"),
             ));
         }
-        self.change_schedule(tenant, id, |current, _| {
+        self.change_schedule(tenant, id, |current, now| {
             Ok(ScheduleChange {
                 spec: current.spec.clone(),
                 paused: true,
                 pause_note: note.clone(),
                 next_fire: NextFire::Keep,
                 cancel_reason: cancel_reason::SCHEDULE_PAUSED,
+                at: now,
             })
         })
         .await
@@ -200,6 +212,7 @@ impl Service {
                     NextFire::After(now)
                 },
                 cancel_reason: cancel_reason::SCHEDULE_UPDATED,
+                at: now,
             })
         })
         .await

@@ -167,7 +167,13 @@ pub(super) async fn update(
              at = $8, timezone = $9, start_at = $10, end_at = $11, overlap_policy = $12,
              catchup_window_seconds = $13, jitter_seconds = $14, paused = $15, pause_note = $16,
              next_fire_at = $17, catchup_max_runs = $18, max_runs = $19, fire_count = $20,
-             paused_at = CASE WHEN $15 THEN COALESCE(paused_at, now()) END,
+             paused_at = CASE WHEN $15 THEN COALESCE(paused_at, $21) END,
+             -- The fires still ahead were cancelled above: the latest fire is one that stays.
+             last_fire_at = CASE WHEN last_fire_at > $21 THEN (
+                     SELECT max(r.fire_time) FROM runs r
+                     WHERE r.schedule_id = $2 AND r.trigger = 'schedule'
+                       AND r.state <> 'cancelled' AND r.fire_time <= schedules.last_fire_at)
+                 ELSE last_fire_at END,
              version = version + 1, updated_at = now()
          WHERE tenant_id = $1 AND id = $2 AND version = $3
          RETURNING ",
@@ -193,6 +199,7 @@ pub(super) async fn update(
     .bind(v.catchup_max_runs)
     .bind(v.max_runs)
     .bind(i64::try_from(fire_count).unwrap_or(i64::MAX))
+    .bind(change.at)
     .fetch_one(tx.conn())
     .await?;
     let schedule = Schedule::try_from(row)?;
