@@ -98,6 +98,13 @@ mod tests {
                     fire_time: ts(1_767_225_600),
                     attempt: 1,
                     shard: 7,
+                    upcoming: true,
+                    registry_auth: Some(scheduler_message::RegistryAuth {
+                        server: "127.0.0.1:5000".into(),
+                        username: "u".into(),
+                        password: "p".into(),
+                    }),
+                    tenant_id: "ten_1".into(),
                 },
             )),
         };

@@ -564,6 +564,8 @@ impl Dispatcher {
                     let this = self.clone();
                     tokio::spawn(async move { this.on_report(session, report).await });
                 }
+                // The live tail of a running run: not stored yet (the lead's scheduler side).
+                worker_message::Kind::LogTail(_) => {}
             }
         }
         tracing::info!(worker_id = %worker_id, "worker disconnected");
@@ -597,6 +599,10 @@ fn assignment_message(a: &Offer, shard: ShardId) -> SchedulerMessage {
         }),
         attempt: a.attempt as i32,
         shard: u32::from(shard.get()),
+        // Ahead-of-fire assignments, registry credentials and the tenant id are not offered yet.
+        upcoming: false,
+        registry_auth: None,
+        tenant_id: String::new(),
     };
     SchedulerMessage {
         kind: Some(scheduler_message::Kind::Assignment(assignment)),

@@ -154,7 +154,10 @@ async fn session(
         .await;
     let _ = out_tx
         .send(message(worker_message::Kind::Credit(
-            worker_message::Credit { slots: free },
+            worker_message::Credit {
+                slots: free,
+                cached_images: Vec::new(),
+            },
         )))
         .await;
     let mut request = Request::new(ReceiverStream::new(out_rx));
@@ -220,7 +223,7 @@ async fn session(
                         } else {
                             tracing::info!(run_id = %result.run_id, "scheduler withdrew the run (cancelled or changed): not starting");
                             drop(slot);
-                            send(worker_message::Kind::Credit(worker_message::Credit { slots: credit(shared) })).await?;
+                            send(worker_message::Kind::Credit(worker_message::Credit { slots: credit(shared), cached_images: Vec::new() })).await?;
                         }
                     }
                     scheduler_message::Kind::ReportAck(ack) => {
@@ -236,7 +239,7 @@ async fn session(
             }
             Some(report) = report_rx.recv() => {
                 send(report_kind(report)).await?;
-                send(worker_message::Kind::Credit(worker_message::Credit { slots: credit(shared) })).await?;
+                send(worker_message::Kind::Credit(worker_message::Credit { slots: credit(shared), cached_images: Vec::new() })).await?;
             }
             _ = heartbeat.tick() => {
                 let mut run_ids: Vec<String> = shared.running().keys().cloned().collect();
@@ -246,7 +249,7 @@ async fn session(
                 for report in pending {
                     send(report_kind(report)).await?;
                 }
-                send(worker_message::Kind::Credit(worker_message::Credit { slots: credit(shared) })).await?;
+                send(worker_message::Kind::Credit(worker_message::Credit { slots: credit(shared), cached_images: Vec::new() })).await?;
             }
         }
     }
