@@ -1,6 +1,8 @@
-//! The worker's lifecycle: start discovery and the scheduler streams, run until shutdown, then
-//! drain — no new credits, running runs get `drain_grace` to finish, the rest are abandoned
-//! (reported `failed/worker_lost`) — and deliver the final reports before exiting.
+//! The worker's lifecycle: connect the runtime (for Docker: reach the engine, or fail with a
+//! clear error), reconcile what a previous start left behind, start discovery and the scheduler
+//! streams, run until shutdown, then drain — no new credits, running runs get `drain_grace` to
+//! finish, the rest are abandoned (killed, reported `failed/worker_lost`) — and deliver the
+//! final reports before exiting.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,19 +12,40 @@ use crate::{
     WorkerConfig,
     config::RuntimeKind,
     connection::Shared,
-    discovery,
-    runtime::{ProcessRuntime, Runtime},
+    discovery, lifecycle,
+    runtime::{DockerRuntime, ProcessRuntime, Recovered, Runtime, docker::DockerError},
     slots::Slots,
 };
 
 /// How long final reports may take to reach the schedulers after the runs ended.
 const REPORT_FLUSH: Duration = Duration::from_secs(5);
 
-/// Runs the worker until `shutdown` is cancelled, then drains.
-pub async fn run(config: WorkerConfig, shutdown: CancellationToken) {
-    let runtime: Arc<dyn Runtime> = match config.runtime {
-        RuntimeKind::Process => Arc::new(ProcessRuntime::default()),
-    };
+/// Builds the runtime `config` names: for Docker, connects to the engine.
+pub async fn connect_runtime(config: &WorkerConfig) -> Result<Arc<dyn Runtime>, DockerError> {
+    Ok(match config.runtime {
+        RuntimeKind::Process => Arc::new(ProcessRuntime {
+            grace: config.docker.stop_grace,
+        }),
+        RuntimeKind::Docker => {
+            Arc::new(DockerRuntime::connect(config.docker.clone(), &config.worker_id).await?)
+        }
+    })
+}
+
+/// Runs the worker until `shutdown` is cancelled, then drains. Fails before doing anything if
+/// the runtime cannot start (no Docker engine reachable).
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), DockerError> {
+    let runtime = connect_runtime(&config).await?;
+    run_with(config, runtime, shutdown).await;
+    Ok(())
+}
+
+/// Runs the worker with a runtime built by the caller until `shutdown`, then drains.
+pub async fn run_with(
+    config: WorkerConfig,
+    runtime: Arc<dyn Runtime>,
+    shutdown: CancellationToken,
+) {
     let drain_grace = config.drain_grace;
     let shared = Shared {
         slots: Slots::new(config.slots),
@@ -37,6 +60,18 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) {
         offered: Default::default(),
     };
     tracing::info!(worker_id = %shared.config.worker_id, slots = shared.config.slots, runtime = ?shared.config.runtime, "worker starting");
+    // Before any stream: a re-attached run is known (heartbeated, never accepted twice) from
+    // the first message on.
+    for recovered in shared.runtime.recover().await {
+        match recovered {
+            Recovered::Running(prepared) => lifecycle::resume(&shared, *prepared),
+            Recovered::Ended {
+                run_id,
+                shard,
+                finished,
+            } => lifecycle::ended_while_away(&shared, run_id, shard, finished),
+        }
+    }
     let connections = TaskTracker::new();
     let streams_stop = CancellationToken::new();
     let discovery_task = tokio::spawn(discovery::run(

@@ -3,9 +3,13 @@
 
 use std::{fmt, time::Duration};
 
+use crate::runtime::DockerSettings;
+
 /// Which runtime starts the runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeKind {
+    /// Runs the job's image in a hardened container on the local Docker engine (the default).
+    Docker,
     /// Runs the job's `command` directly on this host; for trusted installs and benchmarks.
     Process,
 }
@@ -27,6 +31,8 @@ pub struct WorkerConfig {
     pub heartbeat_every: Duration,
     /// How long running runs may take to finish after SIGTERM before they are killed.
     pub drain_grace: Duration,
+    /// Settings of the Docker runtime (also its stop grace for the process runtime).
+    pub docker: DockerSettings,
 }
 
 impl fmt::Debug for WorkerConfig {
@@ -40,6 +46,7 @@ impl fmt::Debug for WorkerConfig {
             .field("token", &"***")
             .field("heartbeat_every", &self.heartbeat_every)
             .field("drain_grace", &self.drain_grace)
+            .field("docker", &self.docker)
             .finish()
     }
 }
