@@ -1,5 +1,6 @@
 //! Image pulls on the real engine from a throwaway local registry (Debian's docker-registry):
-//! pull-if-absent with correct credentials, refused with wrong or missing ones, a missing
+//! pull-if-absent with correct credentials, refused with wrong or missing ones (and ones for
+//! another registry are never sent), a missing
 //! image, the cached images advertised in credits, and size-bounded eviction.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -87,6 +88,18 @@ async fn wrong_or_missing_credentials_fail_the_run_as_image_pull_failed() {
     let report = run_to_end(&mut s, missing).await.unwrap();
     assert_eq!(report.state, "failed", "{report:?}");
     assert_eq!(report.reason.as_deref(), Some("image_pull_failed"));
+
+    // The right password, but named for another registry: it is not sent to this one.
+    let mut elsewhere = assignment(pushed.reference(), &["true"]);
+    elsewhere.registry_auth = Some(RegistryAuth {
+        server: "registry.example.com".into(),
+        username: USER.into(),
+        password: PASSWORD.into(),
+    });
+    let report = run_to_end(&mut s, elsewhere).await.unwrap();
+    assert_eq!(report.state, "failed", "{report:?}");
+    assert_eq!(report.reason.as_deref(), Some("image_pull_failed"));
+    assert!(!report.log_tail.contains(PASSWORD));
     assert!(!image_present(pushed.reference()).await);
 }
 

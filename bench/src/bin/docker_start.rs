@@ -2,12 +2,15 @@
 //! local image (busybox, `docker import`ed) and the same command (`sleep 1`), interleaved round
 //! by round so machine noise hits all three alike:
 //!
-//! - (a) plain `docker run -d`: command invoked → the container's `State.StartedAt`;
-//! - (b) bare bollard create + start (no hardening): create called → `State.StartedAt`;
-//! - (c) the Kairos worker (Docker runtime, hardened container) with an upcoming assignment
-//!   from a fake scheduler over a real `WorkerService` stream: the worker pre-creates the
-//!   container during the look-ahead, the fake sends the go at the due instant; due instant →
-//!   `State.StartedAt`.
+//! - (a) plain `docker run -d` (default bridge): command invoked → the container's
+//!   `State.StartedAt`; (a') the same with `--network none`;
+//! - (b) bare bollard create + start (no hardening, default bridge): create called →
+//!   `State.StartedAt`; (b') bollard start alone of a container created beforehand: start
+//!   called → `State.StartedAt` (the floor for any pre-creation through the engine API);
+//! - (c) the Kairos worker (Docker runtime, hardened container, isolated bridge) with an
+//!   upcoming assignment from a fake scheduler over a real `WorkerService` stream: the worker
+//!   pre-creates the container during the look-ahead, the fake sends the go at the due
+//!   instant; due instant → `State.StartedAt`; (d) the same with `KAIROS_DOCKER_NETWORK=none`.
 //!
 //! Then containers/s at saturation: the worker with `--slots` slots kept full of due
 //! (not upcoming) `true` runs, and `docker run --rm` with as many parallel clients.
@@ -33,7 +36,7 @@ use kairos_testkit::{ContainerCleanup, FakeScheduler, TestImage, WorkerStream, e
 use kairos_worker::{
     WorkerConfig,
     config::RuntimeKind,
-    runtime::{DockerSettings, docker::container_name},
+    runtime::{DockerSettings, NetworkChoice, docker::container_name},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -113,15 +116,22 @@ async fn remove(docker: &Docker, name: &str) {
 }
 
 /// (a) `docker run -d`: invocation → StartedAt.
-async fn plain_docker_run(docker: &Docker, image: &str, bench: &str) -> Result<f64> {
+async fn plain_docker_run(
+    docker: &Docker,
+    image: &str,
+    bench: &str,
+    network: Option<&str>,
+) -> Result<f64> {
     let name = format!("kbench-run-{}", uuid::Uuid::new_v4().simple());
-    let t0 = Utc::now();
-    let out = tokio::process::Command::new("docker")
+    let mut command = tokio::process::Command::new("docker");
+    command
         .args(["run", "-d", "--name", &name, "--label"])
-        .arg(format!("{BENCH_LABEL}={bench}"))
-        .args([image, "sleep", "1"])
-        .output()
-        .await?;
+        .arg(format!("{BENCH_LABEL}={bench}"));
+    if let Some(network) = network {
+        command.args(["--network", network]);
+    }
+    let t0 = Utc::now();
+    let out = command.args([image, "sleep", "1"]).output().await?;
     if !out.status.success() {
         bail!("docker run: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -130,8 +140,9 @@ async fn plain_docker_run(docker: &Docker, image: &str, bench: &str) -> Result<f
     Ok(lag)
 }
 
-/// (b) bare bollard create + start: create called → StartedAt.
-async fn bare_bollard(docker: &Docker, image: &str, bench: &str) -> Result<f64> {
+/// (b) bare bollard create + start: create called → StartedAt; and (b') start called →
+/// StartedAt.
+async fn bare_bollard(docker: &Docker, image: &str, bench: &str) -> Result<(f64, f64)> {
     let name = format!("kbench-bare-{}", uuid::Uuid::new_v4().simple());
     let body = ContainerCreateBody {
         image: Some(image.to_owned()),
@@ -149,10 +160,11 @@ async fn bare_bollard(docker: &Docker, image: &str, bench: &str) -> Result<f64> 
         reason = "the benchmark's baseline is a bare, unhardened create: it must not use the worker's constructor"
     )]
     let created = docker.create_container(Some(options), body).await?;
+    let t1 = Utc::now();
     docker.start_container(&created.id, None).await?;
-    let lag = ms(started_at(docker, &name).await? - t0);
+    let started = started_at(docker, &name).await?;
     remove(docker, &name).await;
-    Ok(lag)
+    Ok((ms(started - t0), ms(started - t1)))
 }
 
 fn assignment(image: &str, command: &[&str], fire: DateTime<Utc>, upcoming: bool) -> Assignment {
@@ -268,6 +280,45 @@ fn machine() -> String {
     )
 }
 
+/// A worker with the Docker runtime on `network`, and its stream to a fake scheduler.
+async fn start_worker(
+    etcd: &kairos_testkit::TestEtcd,
+    bench: &str,
+    name: &str,
+    slots: u32,
+    network: NetworkChoice,
+    shutdown: &CancellationToken,
+) -> Result<(
+    FakeScheduler,
+    WorkerStream,
+    ContainerCleanup,
+    tokio::task::JoinHandle<Result<(), kairos_worker::runtime::docker::DockerError>>,
+)> {
+    let mut scheduler = FakeScheduler::start(etcd, &format!("bench-node-{name}"), TOKEN).await?;
+    let worker_id = format!("bench-worker-{name}-{bench}");
+    let cleanup = ContainerCleanup::labelled(
+        kairos_worker::runtime::docker::labels::WORKER_ID,
+        &worker_id,
+    )?;
+    let config = WorkerConfig {
+        etcd_endpoints: etcd.endpoints(),
+        etcd_prefix: etcd.key_prefix().to_owned(),
+        worker_id,
+        slots,
+        runtime: RuntimeKind::Docker,
+        token: TOKEN.to_owned(),
+        heartbeat_every: Duration::from_secs(2),
+        drain_grace: Duration::from_secs(10),
+        docker: DockerSettings {
+            network,
+            ..DockerSettings::default()
+        },
+    };
+    let worker = tokio::spawn(kairos_worker::run(config, shutdown.clone()));
+    let stream = scheduler.next_stream(WITHIN).await?;
+    Ok((scheduler, stream, cleanup, worker))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = args()?;
@@ -283,50 +334,67 @@ async fn main() -> Result<()> {
     let image_ref = image.reference().to_owned();
 
     let etcd = etcd().await?;
-    let mut scheduler = FakeScheduler::start(&etcd, "bench-node", TOKEN).await?;
-    let worker_id = format!("bench-worker-{bench}");
-    let _worker_containers = ContainerCleanup::labelled(
-        kairos_worker::runtime::docker::labels::WORKER_ID,
-        &worker_id,
-    )?;
-    let config = WorkerConfig {
-        etcd_endpoints: etcd.endpoints(),
-        etcd_prefix: etcd.key_prefix().to_owned(),
-        worker_id,
-        slots: args.slots,
-        runtime: RuntimeKind::Docker,
-        token: TOKEN.to_owned(),
-        heartbeat_every: Duration::from_secs(2),
-        drain_grace: Duration::from_secs(10),
-        docker: DockerSettings::default(),
-    };
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(kairos_worker::run(config, shutdown.clone()));
-    let mut stream = scheduler.next_stream(WITHIN).await?;
+    // Two workers, each with its own fake scheduler node: discovery connects each worker to
+    // both nodes, so each test reads only its own node's stream of its own worker.
+    let isolated_etcd = kairos_testkit::etcd().await?;
+    let none_etcd = etcd;
+    let (_s1, mut isolated, _c1, w1) = start_worker(
+        &isolated_etcd,
+        &bench,
+        "isolated",
+        args.slots,
+        NetworkChoice::Isolated(DockerSettings::default_network_name().to_owned()),
+        &shutdown,
+    )
+    .await?;
+    let (_s2, mut none, _c2, w2) = start_worker(
+        &none_etcd,
+        &bench,
+        "none",
+        args.slots,
+        NetworkChoice::None,
+        &shutdown,
+    )
+    .await?;
 
     // Warm-up: one of each, not counted.
-    plain_docker_run(&docker, &image_ref, &bench).await?;
+    plain_docker_run(&docker, &image_ref, &bench, None).await?;
+    plain_docker_run(&docker, &image_ref, &bench, Some("none")).await?;
     bare_bollard(&docker, &image_ref, &bench).await?;
-    kairos_upcoming(&docker, &mut stream, &image_ref).await?;
+    kairos_upcoming(&docker, &mut isolated, &image_ref).await?;
+    kairos_upcoming(&docker, &mut none, &image_ref).await?;
 
-    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rows: [Vec<f64>; 6] = Default::default();
     for round in 0..args.rounds {
-        a.push(plain_docker_run(&docker, &image_ref, &bench).await?);
-        b.push(bare_bollard(&docker, &image_ref, &bench).await?);
-        c.push(kairos_upcoming(&docker, &mut stream, &image_ref).await?);
-        eprintln!(
-            "round {round}: docker run {:.1} ms, bollard {:.1} ms, kairos upcoming {:.1} ms",
-            a[round], b[round], c[round]
-        );
+        let figures = [
+            plain_docker_run(&docker, &image_ref, &bench, None).await?,
+            plain_docker_run(&docker, &image_ref, &bench, Some("none")).await?,
+        ];
+        let (create_start, start_only) = bare_bollard(&docker, &image_ref, &bench).await?;
+        let kairos = [
+            kairos_upcoming(&docker, &mut isolated, &image_ref).await?,
+            kairos_upcoming(&docker, &mut none, &image_ref).await?,
+        ];
+        let all = [
+            figures[0],
+            figures[1],
+            create_start,
+            start_only,
+            kairos[0],
+            kairos[1],
+        ];
+        for (row, value) in rows.iter_mut().zip(all) {
+            row.push(value);
+        }
+        eprintln!("round {round}: {all:.1?}");
     }
-    let kairos_rate = kairos_saturation(&mut stream, &image_ref, args.slots).await?;
+    let kairos_rate = kairos_saturation(&mut isolated, &image_ref, args.slots).await?;
     let docker_rate = docker_run_saturation(&image_ref, args.slots, &bench).await?;
     shutdown.cancel();
-    worker.await??;
+    w1.await??;
+    w2.await??;
 
-    let (a50, a99, amax) = summary(&mut a);
-    let (b50, b99, bmax) = summary(&mut b);
-    let (c50, c99, cmax) = summary(&mut c);
     println!("machine: {}", machine());
     println!(
         "engine: Docker {} (API {}), storage driver {}, cgroup {}",
@@ -338,24 +406,32 @@ async fn main() -> Result<()> {
             .unwrap_or_default()
     );
     println!(
-        "rounds: {} (after one warm-up round), command `sleep 1`\n",
+        "rounds: {} (after one warm-up round), command `sleep 1`, look-ahead {LOOK_AHEAD:?}\n",
         args.rounds
     );
-    println!("| path | start lag p50 ms | p99 ms | max ms | p50 / docker run p50 |");
+    println!("| path | start lag p50 ms | p99 ms | max ms | p50 / (a) p50 |");
     println!("|---|---:|---:|---:|---:|");
+    let names = [
+        "(a) `docker run -d`, default bridge (invocation → StartedAt)",
+        "(a') `docker run -d --network none`",
+        "(b) bare bollard create+start, default bridge (create → StartedAt)",
+        "(b') bare bollard start of a created container (start → StartedAt)",
+        "(c) Kairos worker, upcoming, isolated bridge (due → StartedAt)",
+        "(d) Kairos worker, upcoming, network none (due → StartedAt)",
+    ];
+    let a50 = {
+        let mut a = rows[0].clone();
+        summary(&mut a).0
+    };
+    for (name, row) in names.iter().zip(rows.iter_mut()) {
+        let (p50, p99, max) = summary(row);
+        println!(
+            "| {name} | {p50:.1} | {p99:.1} | {max:.1} | {:.2} |",
+            p50 / a50
+        );
+    }
     println!(
-        "| (a) `docker run -d` (invocation → StartedAt) | {a50:.1} | {a99:.1} | {amax:.1} | 1.00 |"
-    );
-    println!(
-        "| (b) bare bollard create+start (create → StartedAt) | {b50:.1} | {b99:.1} | {bmax:.1} | {:.2} |",
-        b50 / a50
-    );
-    println!(
-        "| (c) Kairos worker, upcoming assignment (due → StartedAt) | {c50:.1} | {c99:.1} | {cmax:.1} | {:.2} |",
-        c50 / a50
-    );
-    println!(
-        "\nsaturation ({SATURATION_RUNS} runs of `true`, {} at a time): Kairos worker {kairos_rate:.1} containers/s, `docker run --rm` {docker_rate:.1} containers/s",
+        "\nsaturation ({SATURATION_RUNS} runs of `true`, {} at a time): Kairos worker (isolated bridge) {kairos_rate:.1} containers/s, `docker run --rm` {docker_rate:.1} containers/s",
         args.slots
     );
     Ok(())

@@ -242,6 +242,15 @@ impl ImageCache {
             tag: (!has_tag_or_digest(image)).then(|| "latest".to_owned()),
             ..Default::default()
         };
+        // Credentials go only to the registry they are for, never to another one the image
+        // reference happens to name.
+        let auth = auth.filter(|a| {
+            let fits = same_registry(&a.server, &registry_of(image));
+            if !fits {
+                tracing::warn!(image, server = %a.server, "registry credentials are for another registry: pulling without them");
+            }
+            fits
+        });
         let credentials = auth.map(|a| DockerCredentials {
             username: Some(a.username.clone()),
             password: Some(a.password.clone()),
@@ -315,9 +324,52 @@ fn has_tag_or_digest(image: &str) -> bool {
             .is_some_and(|last| last.contains(':'))
 }
 
+/// The registry host of an image reference, as the engine resolves it: the first component
+/// when it looks like a host (has a `.` or `:`, or is `localhost`), else Docker Hub.
+fn registry_of(image: &str) -> String {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first.to_owned()
+        }
+        _ => "docker.io".to_owned(),
+    }
+}
+
+/// Whether credentials for `server` (as a job names it: maybe with a scheme or a path) are
+/// for `registry`.
+fn same_registry(server: &str, registry: &str) -> bool {
+    let host = server
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let hub = |h: &str| matches!(h, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+    host.eq_ignore_ascii_case(registry) || (hub(host) && hub(registry))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_only_for_the_registry_the_image_is_on() {
+        assert_eq!(registry_of("127.0.0.1:5000/team/app:1"), "127.0.0.1:5000");
+        assert_eq!(
+            registry_of("registry.example.com/app"),
+            "registry.example.com"
+        );
+        assert_eq!(registry_of("library/busybox"), "docker.io");
+        assert_eq!(registry_of("busybox:1"), "docker.io");
+        assert!(same_registry("127.0.0.1:5000", "127.0.0.1:5000"));
+        assert!(same_registry(
+            "https://registry.example.com/v2/",
+            "registry.example.com"
+        ));
+        assert!(same_registry("https://index.docker.io/v1/", "docker.io"));
+        assert!(!same_registry("registry.example.com", "evil.example.net"));
+        assert!(!same_registry("127.0.0.1:5000", "127.0.0.1:5001"));
+    }
 
     #[test]
     fn tags_digests_and_registry_ports_are_told_apart() {

@@ -79,7 +79,7 @@ impl Default for DockerSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     #[error(
-        "cannot reach a Docker engine ({0}). Start Docker (e.g. `systemctl start docker`) or point DOCKER_HOST at a running engine; for trusted local commands only, KAIROS_RUNTIME=process runs jobs without containers"
+        "cannot reach a Docker engine ({0}). Start Docker (e.g. `systemctl start docker`) or point DOCKER_HOST=unix:///path/to/docker.sock at a running engine; for trusted local commands only, KAIROS_RUNTIME=process runs jobs without containers"
     )]
     Unreachable(bollard::errors::Error),
     #[error("docker network '{name}': {reason}")]
