@@ -13,6 +13,7 @@ use crate::{
     config::RuntimeKind,
     connection::Shared,
     discovery, lifecycle,
+    metrics::{self, Metrics},
     runtime::{DockerRuntime, ProcessRuntime, Recovered, Runtime, docker::DockerError},
     slots::Slots,
 };
@@ -32,12 +33,23 @@ pub async fn connect_runtime(config: &WorkerConfig) -> Result<Arc<dyn Runtime>, 
     })
 }
 
+/// Why the worker cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 /// Runs the worker until `shutdown` is cancelled, then drains. Fails before doing anything if
-/// the runtime cannot start (no Docker engine reachable).
-pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), DockerError> {
+/// the runtime cannot start (no Docker engine reachable) or the metrics address is taken.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), StartError> {
     let runtime = connect_runtime(&config).await?;
-    run_with(config, runtime, shutdown).await;
-    Ok(())
+    run_with(config, runtime, shutdown).await
 }
 
 /// Runs the worker with a runtime built by the caller until `shutdown`, then drains.
@@ -45,9 +57,23 @@ pub async fn run_with(
     config: WorkerConfig,
     runtime: Arc<dyn Runtime>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), StartError> {
     let drain_grace = config.drain_grace;
+    let metrics = Metrics::new();
+    let health = TaskTracker::new();
+    let health_stop = CancellationToken::new();
+    if let Some(addr) = config.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Metrics { addr, source })?;
+        health.spawn(metrics::serve(
+            listener,
+            metrics.clone(),
+            health_stop.clone(),
+        ));
+    }
     let shared = Shared {
+        metrics,
         slots: Slots::new(config.slots),
         config: Arc::new(config),
         runtime,
@@ -107,5 +133,9 @@ pub async fn run_with(
         );
     }
     let _ = discovery_task.await;
+    health_stop.cancel();
+    health.close();
+    health.wait().await;
     tracing::info!("worker stopped");
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Settings of `kairos worker`, as the operator contract names them (`KAIROS_*` variables).
 //! The worker token is a secret: its `Debug` output never shows it.
 
-use std::{fmt, time::Duration};
+use std::{fmt, net::SocketAddr, time::Duration};
 
 use crate::runtime::DockerSettings;
 
@@ -33,6 +33,9 @@ pub struct WorkerConfig {
     pub drain_grace: Duration,
     /// Settings of the Docker runtime (also its stop grace for the process runtime).
     pub docker: DockerSettings,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (`KAIROS_METRICS_ADDR`); none if
+    /// unset.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl fmt::Debug for WorkerConfig {
@@ -47,6 +50,7 @@ impl fmt::Debug for WorkerConfig {
             .field("heartbeat_every", &self.heartbeat_every)
             .field("drain_grace", &self.drain_grace)
             .field("docker", &self.docker)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }

@@ -25,6 +25,7 @@ use tonic::{Request, metadata::MetadataValue, transport::Endpoint};
 use crate::{
     WorkerConfig, lifecycle,
     logs::LiveLog,
+    metrics::Metrics,
     runtime::{Finished, Outcome, RegistryAuth, RunSpec, Runtime},
     slots::Slots,
 };
@@ -33,6 +34,9 @@ use crate::{
 const OUTBOUND_BUFFER: usize = 256;
 /// Reports buffered per scheduler while its stream is down.
 const REPORT_BUFFER: usize = 1024;
+/// How long a stopping stream waits for the scheduler to confirm the final reports (within
+/// the agent's flush time).
+const FINAL_ACK_WAIT: Duration = Duration::from_secs(4);
 /// How often a running run's live output tail is sent, when it changed.
 const LIVE_TAIL_EVERY: Duration = Duration::from_secs(1);
 
@@ -50,6 +54,7 @@ pub struct Shared {
     pub config: Arc<WorkerConfig>,
     pub runtime: Arc<dyn Runtime>,
     pub slots: Slots,
+    pub metrics: Metrics,
     /// Runs being prepared or executing; owned here so shutdown can wait for them.
     pub runs: TaskTracker,
     /// Cancelled when the worker starts draining: no new credits.
@@ -196,6 +201,29 @@ async fn session(
                 while let Ok(report) = report_rx.try_recv() {
                     send(report_kind(report)).await?;
                 }
+                let pending: Vec<Report> = shared.unacked().values().cloned().collect();
+                for report in pending {
+                    send(report_kind(report)).await?;
+                }
+                // Leaving at once would drop the stream, which can reset it before those
+                // messages are on the wire: wait (bounded) until some scheduler confirmed them.
+                let flush = tokio::time::sleep(FINAL_ACK_WAIT);
+                tokio::pin!(flush);
+                while !shared.unacked().is_empty() {
+                    tokio::select! {
+                        message = inbound.message() => match message {
+                            Ok(Some(SchedulerMessage { kind: Some(scheduler_message::Kind::ReportAck(ack)) })) => {
+                                shared.unacked().remove(&ack.run_id);
+                            }
+                            Ok(Some(_)) => {}
+                            Ok(None) | Err(_) => break,
+                        },
+                        () = &mut flush => {
+                            tracing::warn!(scheduler = %url, unconfirmed = shared.unacked().len(), "final reports not confirmed in time");
+                            break;
+                        }
+                    }
+                }
                 return Ok(());
             }
             inbound_message = inbound.message() => {
@@ -283,9 +311,15 @@ fn credit(shared: &Shared) -> worker_message::Kind {
     } else {
         shared.slots.free()
     };
+    let cached_images = shared.runtime.cached_images();
+    let metrics = &shared.metrics;
+    metrics
+        .images_cached
+        .set(i64::try_from(cached_images.len()).unwrap_or(i64::MAX));
+    metrics.runs_running.set(i64::from(shared.slots.running()));
     worker_message::Kind::Credit(worker_message::Credit {
         slots,
-        cached_images: shared.runtime.cached_images(),
+        cached_images,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod connection;
 pub mod discovery;
 pub mod lifecycle;
 pub mod logs;
+pub mod metrics;
 pub mod runtime;
 pub mod slots;
 

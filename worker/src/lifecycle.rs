@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     connection::{Report, Running, Shared},
     logs::LiveLog,
+    metrics::EndLabels,
     runtime::{Finished, Prepared, RunSpec, StopSignals},
     slots::SlotGuard,
 };
@@ -111,6 +112,7 @@ async fn accepted(
             runtime.discard(prepared).await;
         }
         tracing::info!(run_id = %run_id, "run withdrawn before its start: nothing ran");
+        shared.metrics.runs_withdrawn.inc();
         drop(slot);
         return;
     }
@@ -129,6 +131,7 @@ async fn accepted(
         shared.offered().remove(&run_id);
     }
     tracing::info!(run_id = %run_id, shard, "run started");
+    shared.metrics.runs_started.inc();
     let prepared = match prepared {
         Some(prepared) => prepared,
         // The go came first: start as soon as the preparation is done.
@@ -163,6 +166,7 @@ pub fn resume(shared: &Shared, prepared: Prepared) {
     let task_shared = shared.clone();
     shared.runs.spawn(async move {
         tracing::info!(run_id = %run_id, shard, "run re-attached");
+        task_shared.metrics.runs_reattached.inc();
         let finished = task_shared.runtime.resume(prepared, stop, log).await;
         finish(&task_shared, run_id, shard, finished, slot).await;
     });
@@ -185,6 +189,11 @@ pub fn ended_while_away(shared: &Shared, run_id: String, shard: u32, finished: F
 /// shard records it); it stays unacknowledged, and is re-sent, until one confirms it.
 async fn finish(shared: &Shared, run_id: String, shard: u32, finished: Finished, slot: SlotGuard) {
     tracing::info!(run_id = %run_id, shard, outcome = ?finished.outcome, "run ended");
+    shared
+        .metrics
+        .runs_finished
+        .get_or_create(&EndLabels::of(finished.outcome))
+        .inc();
     shared.running().remove(&run_id);
     drop(slot);
     let report = Report {

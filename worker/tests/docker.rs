@@ -16,7 +16,10 @@ use kairos_worker::runtime::docker::labels;
 #[tokio::test]
 async fn a_successful_run_reports_its_stdout_and_stderr_and_its_container_is_removed() {
     let mut h = Harness::start().await.unwrap();
-    let (_worker, mut s) = h.worker(h.config()).await.unwrap();
+    let mut config = h.config();
+    let metrics_addr = format!("127.0.0.1:{}", kairos_testkit::free_port());
+    config.metrics_addr = Some(metrics_addr.parse().unwrap());
+    let (_worker, mut s) = h.worker(config).await.unwrap();
     let a = h.assignment(&[
         "sh",
         "-c",
@@ -35,6 +38,30 @@ async fn a_successful_run_reports_its_stdout_and_stderr_and_its_container_is_rem
     assert!(report.log_tail.contains("oops"), "{}", report.log_tail);
     assert!(!report.log_truncated);
     container_gone(&run_id).await.unwrap();
+
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("http://{metrics_addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+    let metrics = http
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"kairos_worker_runs_finished_total{state="succeeded",reason=""} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kairos_worker_runs_started_total 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

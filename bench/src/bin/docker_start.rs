@@ -292,7 +292,7 @@ async fn start_worker(
     FakeScheduler,
     WorkerStream,
     ContainerCleanup,
-    tokio::task::JoinHandle<Result<(), kairos_worker::runtime::docker::DockerError>>,
+    tokio::task::JoinHandle<Result<(), kairos_worker::agent::StartError>>,
 )> {
     let mut scheduler = FakeScheduler::start(etcd, &format!("bench-node-{name}"), TOKEN).await?;
     let worker_id = format!("bench-worker-{name}-{bench}");
@@ -313,6 +313,7 @@ async fn start_worker(
             network,
             ..DockerSettings::default()
         },
+        metrics_addr: None,
     };
     let worker = tokio::spawn(kairos_worker::run(config, shutdown.clone()));
     let stream = scheduler.next_stream(WITHIN).await?;

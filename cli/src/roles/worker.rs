@@ -2,9 +2,10 @@
 //! start, saying how to fix it, when no engine is reachable), finds schedulers in etcd, runs
 //! what they assign, and drains on SIGTERM. Configured by `KAIROS_ETCD_ENDPOINTS`,
 //! `KAIROS_WORKER_ID`, `KAIROS_WORKER_SLOTS`, `KAIROS_RUNTIME`, `KAIROS_WORKER_TOKEN` and the
-//! Docker runtime's `KAIROS_DOCKER_NETWORK`, `KAIROS_IMAGE_CACHE_BYTES`, `KAIROS_RUN_*`.
+//! Docker runtime's `KAIROS_DOCKER_NETWORK`, `KAIROS_IMAGE_CACHE_BYTES`, `KAIROS_RUN_*`;
+//! serves `/healthz`, `/readyz` and `/metrics` on `KAIROS_METRICS_ADDR`.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -74,6 +75,9 @@ pub struct WorkerArgs {
     /// Seconds between SIGTERM and SIGKILL when a run times out or is cancelled.
     #[arg(long, env = "KAIROS_STOP_GRACE_SECONDS", default_value_t = 10)]
     pub stop_grace_seconds: u64,
+    /// Health and metrics address (/healthz, /readyz, /metrics).
+    #[arg(long, env = "KAIROS_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// A default worker id: the host name, which stays the same when the worker restarts on the
@@ -140,6 +144,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         heartbeat_every: Duration::from_secs(2),
         drain_grace: Duration::from_secs(args.drain_grace_seconds),
         docker,
+        metrics_addr: args.metrics_addr,
     };
     let shutdown = shutdown::on_signal().context("cannot install signal handlers")?;
     kairos_worker::run(config, shutdown)

@@ -68,6 +68,7 @@ impl Harness {
                 stop_grace: Duration::from_secs(1),
                 ..DockerSettings::default()
             },
+            metrics_addr: None,
         }
     }
 
