@@ -2,10 +2,17 @@
 //! 127.0.0.1 port, registered in etcd where workers look for schedulers, that hands each
 //! worker stream to the test to read (`WorkerMessage`s) and write (`SchedulerMessage`s).
 //!
-//! It acknowledges every report (`ReportAck`) itself and decides nothing else: assignments,
-//! go/no-go and cancels are the test's. It never serves beyond loopback.
+//! It acknowledges every report (`ReportAck`) itself unless told not to, and decides nothing
+//! else: assignments, go/no-go and cancels are the test's. It never serves beyond loopback.
 
-use std::{pin::Pin, time::Duration};
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use futures::Stream;
@@ -29,6 +36,7 @@ pub struct FakeScheduler {
     url: String,
     streams: mpsc::Receiver<WorkerStream>,
     stop: CancellationToken,
+    ack_reports: Arc<AtomicBool>,
 }
 
 /// One worker's stream as the fake scheduler sees it.
@@ -44,6 +52,7 @@ pub struct WorkerStream {
 struct Service {
     token: String,
     streams: mpsc::Sender<WorkerStream>,
+    ack_reports: Arc<AtomicBool>,
 }
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<SchedulerMessage, Status>> + Send>>;
@@ -70,9 +79,12 @@ impl WorkerService for Service {
         let (out_tx, out_rx) = mpsc::channel(1024);
         let (in_tx, in_rx) = mpsc::channel(INBOUND_BUFFER);
         let acks = out_tx.clone();
+        let ack_reports = self.ack_reports.clone();
         tokio::spawn(async move {
             while let Ok(Some(message)) = from_worker.message().await {
-                if let Some(worker_message::Kind::Report(report)) = &message.kind {
+                if let Some(worker_message::Kind::Report(report)) = &message.kind
+                    && ack_reports.load(Ordering::SeqCst)
+                {
                     let ack = scheduler_message::Kind::ReportAck(scheduler_message::ReportAck {
                         run_id: report.run_id.clone(),
                     });
@@ -104,9 +116,11 @@ impl FakeScheduler {
             .context("binding the fake scheduler")?;
         let url = format!("http://{}", listener.local_addr()?);
         let (streams_tx, streams_rx) = mpsc::channel(16);
+        let ack_reports = Arc::new(AtomicBool::new(true));
         let service = Service {
             token: token.to_owned(),
             streams: streams_tx,
+            ack_reports: ack_reports.clone(),
         };
         let stop = CancellationToken::new();
         let serve_stop = stop.clone();
@@ -132,7 +146,13 @@ impl FakeScheduler {
             url,
             streams: streams_rx,
             stop,
+            ack_reports,
         })
+    }
+
+    /// Whether reports are acknowledged (`ReportAck`) from now on (they are by default).
+    pub fn ack_reports(&self, ack: bool) {
+        self.ack_reports.store(ack, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> &str {

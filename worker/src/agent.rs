@@ -133,6 +133,13 @@ pub async fn run_with(
         );
     }
     let _ = discovery_task.await;
+    // Removals of containers whose reports were just confirmed.
+    if tokio::time::timeout(REPORT_FLUSH, shared.runs.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("cleanup of ended runs did not finish in time; a restart finishes it");
+    }
     health_stop.cancel();
     health.close();
     health.wait().await;

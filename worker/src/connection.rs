@@ -213,7 +213,10 @@ async fn session(
                     tokio::select! {
                         message = inbound.message() => match message {
                             Ok(Some(SchedulerMessage { kind: Some(scheduler_message::Kind::ReportAck(ack)) })) => {
-                                shared.unacked().remove(&ack.run_id);
+                                if shared.unacked().remove(&ack.run_id).is_some() {
+                                    // Inline: the worker is about to exit.
+                                    shared.runtime.release(&ack.run_id).await;
+                                }
                             }
                             Ok(Some(_)) => {}
                             Ok(None) | Err(_) => break,
@@ -252,7 +255,10 @@ async fn session(
                         let _ = go.send(result.start);
                     }
                     scheduler_message::Kind::ReportAck(ack) => {
-                        shared.unacked().remove(&ack.run_id);
+                        if shared.unacked().remove(&ack.run_id).is_some() {
+                            let runtime = shared.runtime.clone();
+                            shared.runs.spawn(async move { runtime.release(&ack.run_id).await });
+                        }
                     }
                     scheduler_message::Kind::Cancel(cancel) => {
                         let running = shared.running().get(&cancel.run_id).map(|r| r.cancel.clone());

@@ -185,6 +185,30 @@ async fn a_worker_killed_mid_run_re_attaches_reports_and_cleans_up_after_its_res
 }
 
 #[tokio::test]
+async fn a_run_whose_report_was_not_confirmed_before_a_crash_is_reported_again_after_the_restart() {
+    let mut h = Harness::start().await.unwrap();
+    h.scheduler.ack_reports(false);
+    let (worker, mut s) = h.worker(h.config()).await.unwrap();
+    let a = h.assignment(&["sh", "-c", "echo done; exit 4"]);
+    let run_id = assign_and_start(&mut s, a).await.unwrap();
+    let first = s.report_of(&run_id, WITHIN).await.unwrap();
+    assert_eq!(first.exit_code, Some(4));
+    // Unconfirmed: its container is kept, exited, so its end survives a crash.
+    container_in_state(&run_id, "exited").await.unwrap();
+    worker.crash().await.unwrap();
+
+    h.scheduler.ack_reports(true);
+    let (_worker, mut s) = h.worker(h.config()).await.unwrap();
+    let again = s.report_of(&run_id, WITHIN).await.unwrap();
+    assert_eq!(again.state, "failed");
+    assert_eq!(again.reason.as_deref(), Some("exit_code"));
+    assert_eq!(again.exit_code, Some(4));
+    assert!(again.log_tail.contains("done"), "{}", again.log_tail);
+    // Confirmed now: the container goes.
+    container_gone(&run_id).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_re_attached_run_still_gets_killed_at_its_original_timeout() {
     let mut h = Harness::start().await.unwrap();
     let (worker, mut s) = h.worker(h.config()).await.unwrap();

@@ -211,6 +211,10 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
         Finished::from_log(Outcome::failed(FailureReason::WorkerLost), &log)
     }
 
+    /// Removes what is left of a run whose report a scheduler confirmed (Docker: its exited
+    /// container, kept until then so a crash before the confirmation reports it again).
+    async fn release(&self, _run_id: &str) {}
+
     /// Images present on this worker, advertised in credits.
     fn cached_images(&self) -> Vec<String> {
         Vec::new()

@@ -13,7 +13,11 @@ pub mod labels;
 mod network;
 mod reconcile;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use bollard::{Docker, query_parameters::RemoveContainerOptions};
@@ -115,6 +119,9 @@ struct Inner {
     /// `HostConfig.NetworkMode` of every run: `none` or the isolated bridge's id.
     network_mode: String,
     images: ImageCache,
+    /// Containers of runs that ended, kept until a scheduler confirms the report: a restart
+    /// before that finds them exited and reports them again.
+    ended: Mutex<HashMap<String, Container>>,
 }
 
 impl DockerRuntime {
@@ -141,6 +148,7 @@ impl DockerRuntime {
                 worker_id: worker_id.to_owned(),
                 network_mode,
                 images,
+                ended: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -165,8 +173,17 @@ impl DockerRuntime {
         }
     }
 
-    /// Follows a started container to its end, then removes it.
-    async fn follow_and_remove(
+    /// Keeps the container of an ended run until its report is confirmed.
+    fn keep_until_confirmed(&self, run_id: &str, container: Container) {
+        self.inner
+            .ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run_id.to_owned(), container);
+    }
+
+    /// Follows a started container to its end; it is removed once the report is confirmed.
+    async fn follow_to_end(
         &self,
         spec: &RunSpec,
         container: Container,
@@ -184,7 +201,7 @@ impl DockerRuntime {
             &log,
         )
         .await;
-        self.remove(&container.id).await;
+        self.keep_until_confirmed(&spec.run_id, container);
         Finished::from_log(outcome, &log)
     }
 }
@@ -262,7 +279,7 @@ impl Runtime for DockerRuntime {
             self.remove(&container.id).await;
             return Finished::from_log(Outcome::failed(FailureReason::StartFailed), &log);
         }
-        self.follow_and_remove(&spec, container, spec.timeout, stop, log)
+        self.follow_to_end(&spec, container, spec.timeout, stop, log)
             .await
     }
 
@@ -288,8 +305,20 @@ impl Runtime for DockerRuntime {
             .map(|t| (Utc::now() - t).to_std().unwrap_or_default())
             .unwrap_or_default();
         let time_left = spec.timeout.saturating_sub(elapsed);
-        self.follow_and_remove(&spec, container, time_left, stop, log)
+        self.follow_to_end(&spec, container, time_left, stop, log)
             .await
+    }
+
+    async fn release(&self, run_id: &str) {
+        let kept = self
+            .inner
+            .ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(run_id);
+        if let Some(container) = kept {
+            self.remove(&container.id).await;
+        }
     }
 
     fn cached_images(&self) -> Vec<String> {

@@ -1,6 +1,7 @@
 //! Start-up reconcile: finds this worker's containers by label (`kairos.worker_id`) and decides
 //! each one's fate — running: re-attach; exited: report its end from `inspect` with its output,
-//! then remove; created but never started: remove, nothing runs.
+//! removed once a scheduler confirms the report; created but never started: remove, nothing
+//! runs.
 //!
 //! It only ever touches containers labelled with this worker's id, and reads the run from
 //! labels the constructor wrote, never from anything the container printed.
@@ -102,7 +103,15 @@ pub async fn recover(runtime: &DockerRuntime) -> Vec<Recovered> {
                 };
                 log.note("the run ended while the worker was down; reported after its restart");
                 tracing::info!(run_id = %run_id, outcome = ?outcome, "reporting a run that ended while the worker was down");
-                runtime.remove(&id).await;
+                let lease = runtime.inner.images.lease_present(&image);
+                runtime.keep_until_confirmed(
+                    &run_id,
+                    Container {
+                        id,
+                        lease,
+                        started_at: None,
+                    },
+                );
                 found.push(Recovered::Ended {
                     run_id,
                     shard: spec.shard,
