@@ -6,6 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use axum::serve::ListenerExt;
 use kairos_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -69,6 +70,12 @@ pub async fn serve(
         shutdown.clone(),
     ));
 
+    // Nagle off: small answers must not wait for the client's delayed ACK.
+    let http = http.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot turn Nagle off on a REST connection");
+        }
+    });
     let http_server = axum::serve(http, rest::router(service.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let grpc_server = grpc::serve(service, grpc, shutdown.clone());

@@ -9,7 +9,7 @@ mod roles;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
 
 /// Kairos: a multi-tenant cron-style job scheduler.
 #[derive(Debug, Parser)]
@@ -33,12 +33,49 @@ enum Command {
     Worker(roles::worker::WorkerArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
+    /// Print a shell completion script: `source <(kairos completions bash)`, or save it where
+    /// your shell loads completions (zsh: a file `_kairos` on $fpath; fish:
+    /// ~/.config/fish/completions/kairos.fish).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Parses the command line. Help and version print as clap prints them; a usage mistake
+/// prints as one line (the error, its hints folded in) and exits 2.
+fn parse() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => {
+            eprintln!("{}", one_line_usage_error(&e.render().to_string()));
+            ExitCode::from(2)
+        }
+    })
+}
+
+/// clap's error text on one line: its `error:` line and any hint lines, without the usage
+/// and the pointer to `--help` (which is said once, at the end).
+fn one_line_usage_error(rendered: &str) -> String {
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .collect();
+    format!("{} (see --help)", parts.join("; "))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Usage errors print clap's message and exit 2 here.
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let result = match cli.command {
         Command::Migrate(args) => {
             roles::telemetry::init();
@@ -61,14 +98,16 @@ async fn main() -> ExitCode {
             roles::worker::run(args).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Client(cmd) => client::run_client(cmd, &cli.client).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kairos", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     result.unwrap_or_else(|e| client::report(&e))
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -95,23 +134,68 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.client.output, client::OutputFormat::Json);
-        assert_eq!(cli.client.endpoint, "http://10.0.0.1:50051");
+        assert_eq!(
+            cli.client.endpoint.as_deref(),
+            Some("http://10.0.0.1:50051")
+        );
         assert_eq!(cli.client.api_key.as_deref(), Some("k"));
     }
 
     #[test]
-    fn the_defaults_are_the_local_api_and_tables() {
+    fn the_default_output_is_a_table_and_the_endpoint_is_left_to_the_client() {
         let cli = parse(&["jobs", "list"]).unwrap();
         assert_eq!(cli.client.output, client::OutputFormat::Table);
-        // The environment may set KAIROS_ENDPOINT; only check the flag's declared default.
+        // No declared default: an unset endpoint falls back to the credentials file, then
+        // the SDK's default (KAIROS_ENDPOINT may be set in the environment, so only check the
+        // declaration).
         let endpoint = Cli::command()
             .get_arguments()
             .find(|a| a.get_id() == "endpoint")
-            .and_then(|a| a.get_default_values().first().cloned());
-        assert_eq!(
-            endpoint.and_then(|v| v.to_str().map(str::to_owned)),
-            Some("http://127.0.0.1:50051".to_owned())
+            .map(|a| a.get_default_values().is_empty());
+        assert_eq!(endpoint, Some(true));
+    }
+
+    #[test]
+    fn a_usage_error_is_one_line_naming_the_flag() {
+        let e = parse(&[
+            "jobs",
+            "create",
+            "--name",
+            "n",
+            "--image",
+            "i",
+            "--memory-mb",
+            "lots",
+        ])
+        .unwrap_err();
+        let line = one_line_usage_error(&e.render().to_string());
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.starts_with("error: invalid value 'lots' for '--memory-mb"),
+            "{line}"
         );
+        assert!(line.ends_with("(see --help)"), "{line}");
+        let e = parse(&["jobs", "list", "--output", "yaml"]).unwrap_err();
+        let line = one_line_usage_error(&e.render().to_string());
+        assert!(line.contains("[possible values: table, json]"), "{line}");
+    }
+
+    #[test]
+    fn completions_are_generated_for_each_shell() {
+        for shell in ["bash", "zsh", "fish"] {
+            let cli = parse(&["completions", shell]).unwrap();
+            let Command::Completions { shell } = cli.command else {
+                panic!("not completions");
+            };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kairos", &mut script);
+            let script = String::from_utf8(script).unwrap();
+            assert!(
+                script.contains("schedules") && script.contains("backfill"),
+                "{shell}"
+            );
+        }
+        assert!(parse(&["completions", "tcsh"]).is_err());
     }
 
     #[test]

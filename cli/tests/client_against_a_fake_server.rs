@@ -24,6 +24,10 @@ const RUN: &str = "run_0190f0c2d8a87c3e9f4b1a2b3c4d5e6f";
 struct Fake {
     authorization: Arc<Mutex<Vec<String>>>,
     polls: Arc<AtomicUsize>,
+    /// Calls of `CreateSchedule` (which always answers UNAVAILABLE).
+    creates: Arc<AtomicUsize>,
+    /// Calls of `ListJobs` (UNAVAILABLE twice, then an answer).
+    lists: Arc<AtomicUsize>,
 }
 
 fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
@@ -98,7 +102,10 @@ impl pb::job_service_server::JobService for Fake {
         &self,
         _: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        unimplemented()
+        if self.lists.fetch_add(1, Ordering::SeqCst) < 2 {
+            return Err(Status::unavailable("warming up"));
+        }
+        Ok(Response::new(pb::ListJobsResponse::default()))
     }
     async fn update_job(
         &self,
@@ -116,7 +123,9 @@ impl pb::job_service_server::JobService for Fake {
         &self,
         _: Request<pb::CreateScheduleRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        unimplemented()
+        // As if the server went away after it might have committed.
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        Err(Status::unavailable("connection lost"))
     }
     async fn get_schedule(
         &self,
@@ -172,19 +181,12 @@ impl pb::job_service_server::JobService for Fake {
     ) -> Result<Response<pb::ExecuteJobResponse>, Status> {
         unimplemented()
     }
-    /// Answers queued, running, then the run's end: failed for the first poll series.
+    /// Answers the run as it ended: failed with exit code 3.
     async fn get_run(&self, _: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
-        let n = self.polls.fetch_add(1, Ordering::SeqCst);
-        let mut run = run_in(
-            ["queued", "queued", "running"]
-                .get(n)
-                .copied()
-                .unwrap_or("failed"),
-        );
-        if run.state == "failed" {
-            run.reason = Some("exit_code".into());
-            run.exit_code = Some(3);
-        }
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        let mut run = run_in("failed");
+        run.reason = Some("exit_code".into());
+        run.exit_code = Some(3);
         Ok(Response::new(run))
     }
     async fn list_runs(
@@ -230,7 +232,7 @@ impl pb::job_service_server::JobService for Fake {
         Ok(Response::new(tokio_stream::iter(vec![
             Ok(event(1, None, "queued")),
             Ok(event(2, Some("queued"), "running")),
-            Ok(event(3, Some("running"), "succeeded")),
+            Ok(event(3, Some("running"), "failed")),
         ])))
     }
 }
@@ -256,6 +258,11 @@ async fn kairos(addr: SocketAddr, args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_kairos"))
         .env_remove("KAIROS_API_KEY")
         .env_remove("KAIROS_ADMIN_TOKEN")
+        // Never the credentials file of whoever runs the tests.
+        .env(
+            "KAIROS_CREDENTIALS_FILE",
+            "/nonexistent/kairos-test/credentials",
+        )
         .env("KAIROS_ENDPOINT", format!("http://{addr}"))
         .args(args)
         .output()
@@ -347,25 +354,69 @@ async fn not_found_exits_one() {
 }
 
 #[tokio::test]
-async fn wait_prints_each_state_once_and_fails_with_the_run() {
-    let (addr, _) = serve().await;
+async fn wait_prints_each_transition_as_it_streams_and_exits_with_the_runs_end() {
+    let (addr, fake) = serve().await;
+    let out = kairos(addr, &["--api-key", "k", "runs", "wait", RUN]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "2026-01-31T09:00:01Z  {RUN}  - -> queued\n\
+             2026-01-31T09:00:02Z  {RUN}  queued -> running\n\
+             2026-01-31T09:00:03Z  {RUN}  running -> failed\n\
+             {RUN}  failed  reason=exit_code  exit_code=3\n"
+        )
+    );
+    // The transitions came from the stream; the run was read once, at its end.
+    assert_eq!(fake.polls.load(Ordering::SeqCst), 1);
+
+    // With JSON, stdout is the ended run alone and the progress goes to stderr.
+    let out = kairos(
+        addr,
+        &["--api-key", "k", "--output", "json", "runs", "wait", RUN],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["state"], "failed");
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        3,
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn reads_are_retried_while_the_server_is_unavailable_but_creates_are_sent_once() {
+    let (addr, fake) = serve().await;
+    let out = kairos(
+        addr,
+        &["--api-key", "k", "--output", "json", "jobs", "list"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(fake.lists.load(Ordering::SeqCst), 3);
+
     let out = kairos(
         addr,
         &[
             "--api-key",
             "k",
-            "runs",
-            "wait",
-            RUN,
-            "--interval-ms",
-            "100",
+            "schedules",
+            "create",
+            "job_0190f0c2d8a87c3e9f4b1a2b3c4d5e6f",
+            "--cron",
+            "@hourly",
         ],
     )
     .await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "error: unavailable: connection lost\n");
     assert_eq!(
-        text(&out.stdout),
-        format!("{RUN}  queued\n{RUN}  running\n{RUN}  failed  reason=exit_code  exit_code=3\n")
+        fake.creates.load(Ordering::SeqCst),
+        1,
+        "a create was resent"
     );
 }
 
@@ -382,7 +433,7 @@ async fn watch_streams_every_transition() {
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["to_state"].to_string())
         .collect();
-    assert_eq!(states, ["\"queued\"", "\"running\"", "\"succeeded\""]);
+    assert_eq!(states, ["\"queued\"", "\"running\"", "\"failed\""]);
 }
 
 #[tokio::test]
@@ -402,6 +453,7 @@ async fn no_api_key_and_no_server_are_reported_plainly() {
     let out = kairos(addr, &["jobs", "list"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).starts_with("error: invalid_argument: no API key"));
+    assert!(text(&out.stderr).contains("(field: api_key)"));
 
     // A port nothing listens on: bind one, then free it.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")

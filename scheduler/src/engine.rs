@@ -1,9 +1,12 @@
 //! The firing engine: one task owns the timing wheel and the set of owned shards. It reacts to
 //! ownership changes (start or stop a shard's planner), to planned runs (arm their timers),
-//! and to due timers (move runs to `queued` and hand them to the dispatcher).
+//! and to due timers: a run's first timer, a look-ahead before its fire, offers it to a worker
+//! ahead (so the worker prepares it); its second, at the fire time, hands it to the
+//! dispatcher's firing batch.
 //!
-//! It sleeps until the next occupied slot of the wheel, not on a fixed tick. It never fires a
-//! shard it does not own, and never fires at all while the lease is not valid (I8).
+//! It sleeps until the next occupied slot of the wheel, not on a fixed tick, and never waits on
+//! the store: writes happen in the dispatcher's batches. It never fires a shard it does not
+//! own, and never fires at all while the lease is not valid (I8).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -23,6 +26,9 @@ use crate::{
     planner::{MAX_FIRES_PER_ROUND, plan_fires},
     wheel::{TimerHandle, TimingWheel},
 };
+
+/// Most fires recorded by one planning transaction.
+const MATERIALIZE_CHUNK: usize = 5000;
 
 /// Settings of planning and firing.
 #[derive(Debug, Clone)]
@@ -54,8 +60,20 @@ pub enum EngineInput {
 
 struct Owned {
     lease: ShardLease,
-    timers: HashMap<RunId, TimerHandle>,
+    /// The run's pending timer (look-ahead or fire) and its exact fire time.
+    timers: HashMap<RunId, (TimerHandle, DateTime<Utc>)>,
 }
+
+/// Which of a run's two timers popped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The look-ahead before the fire: offer the run ahead to a worker.
+    Ahead,
+    /// The fire time.
+    Fire,
+}
+
+type Wheel = TimingWheel<(ShardId, RunId, Phase)>;
 
 /// Converts between wall-clock fire times and the wheel's milliseconds.
 #[derive(Clone, Copy)]
@@ -151,7 +169,7 @@ impl Engine {
             epoch_utc: Utc::now(),
             epoch: Instant::now(),
         };
-        let mut wheel: TimingWheel<(ShardId, RunId)> = TimingWheel::new(0);
+        let mut wheel: Wheel = TimingWheel::new(0);
         let mut owned: HashMap<ShardId, Owned> = HashMap::new();
         // Shards whose fence is being taken, with the token of their current claim.
         let mut claiming: HashMap<ShardId, i64> = HashMap::new();
@@ -206,16 +224,13 @@ impl Engine {
                         }
                     }
                     EngineInput::Planned { shard, runs } => {
-                        let Some(state) = owned.get_mut(&shard) else { continue };
-                        for (run, fire_time) in runs {
-                            state.timers.entry(run).or_insert_with(|| wheel.insert(clock.ms_of(fire_time), (shard, run)));
-                        }
+                        self.arm(shard, runs, &mut owned, &mut wheel, clock);
                         self.metrics.timers.set(wheel.len() as i64);
                     }
                 },
                 _ = tokio::time::sleep_until(sleep_until) => {
                     wheel.advance(clock.now_ms(), &mut due);
-                    self.fire(&mut due, &mut owned, clock);
+                    self.fire(&mut due, &mut owned, &mut wheel, clock);
                     self.metrics.timers.set(wheel.len() as i64);
                 }
             }
@@ -230,12 +245,48 @@ impl Engine {
         shards
     }
 
+    /// Arms the timers of planned runs: the look-ahead one, or (already within it) the fire
+    /// one, offering the run ahead at once.
+    fn arm(
+        &self,
+        shard: ShardId,
+        runs: Vec<(RunId, DateTime<Utc>)>,
+        owned: &mut HashMap<ShardId, Owned>,
+        wheel: &mut Wheel,
+        clock: Clock,
+    ) {
+        let Some(state) = owned.get_mut(&shard) else {
+            return;
+        };
+        let ahead_ms = self.dispatcher.lookahead().as_millis() as u64;
+        let now_ms = clock.now_ms();
+        let mut offer_now = Vec::new();
+        for (run, fire_time) in runs {
+            if state.timers.contains_key(&run) {
+                continue;
+            }
+            let fire_ms = clock.ms_of(fire_time);
+            let handle = if ahead_ms > 0 && fire_ms.saturating_sub(ahead_ms) > now_ms {
+                wheel.insert(fire_ms - ahead_ms, (shard, run, Phase::Ahead))
+            } else {
+                if ahead_ms > 0 && fire_ms > now_ms {
+                    offer_now.push((run, fire_time));
+                }
+                wheel.insert(fire_ms, (shard, run, Phase::Fire))
+            };
+            state.timers.insert(run, (handle, fire_time));
+        }
+        if !offer_now.is_empty() {
+            self.dispatcher.upcoming(&state.lease, offer_now);
+        }
+    }
+
     async fn on_ownership(
         &self,
         event: OwnershipEvent,
         owned: &mut HashMap<ShardId, Owned>,
         claiming: &mut HashMap<ShardId, i64>,
-        wheel: &mut TimingWheel<(ShardId, RunId)>,
+        wheel: &mut Wheel,
         input: &mpsc::Sender<EngineInput>,
     ) {
         match event {
@@ -269,7 +320,7 @@ impl Engine {
             OwnershipEvent::Lost { shard } | OwnershipEvent::Released { shard } => {
                 claiming.remove(&shard);
                 if let Some(state) = owned.remove(&shard) {
-                    for handle in state.timers.into_values() {
+                    for (handle, _) in state.timers.into_values() {
                         wheel.cancel(handle);
                     }
                 }
@@ -289,99 +340,57 @@ impl Engine {
         }
     }
 
-    /// Moves due runs to `queued` (one batched, fenced write per shard) and dispatches them.
+    /// Hands due timers on: look-ahead ones become offers ahead (and arm the fire timer), fire
+    /// ones go to the dispatcher's firing batch, grouped by shard.
     fn fire(
         &self,
-        due: &mut Vec<(u64, (ShardId, RunId))>,
+        due: &mut Vec<(u64, (ShardId, RunId, Phase))>,
         owned: &mut HashMap<ShardId, Owned>,
+        wheel: &mut Wheel,
         clock: Clock,
     ) {
         if due.is_empty() {
             return;
         }
-        if !self.coordinator.lease_valid() {
-            // I8: the lease may be expiring; the next owner will fire these (or record them missed).
-            tracing::warn!(fires = due.len(), "lease not valid; not firing");
-            due.clear();
-            return;
-        }
-        let mut by_shard: HashMap<ShardId, Vec<RunId>> = HashMap::new();
+        let valid = self.coordinator.lease_valid();
+        let mut ahead: HashMap<ShardId, Vec<(RunId, DateTime<Utc>)>> = HashMap::new();
+        let mut fire: HashMap<ShardId, Vec<(RunId, DateTime<Utc>)>> = HashMap::new();
         let now_ms = clock.now_ms();
-        for (deadline, (shard, run)) in due.drain(..) {
-            self.metrics
-                .fire_lag_seconds
-                .observe(now_ms.saturating_sub(deadline) as f64 / 1000.0);
-            if let Some(state) = owned.get_mut(&shard) {
-                state.timers.remove(&run);
-                by_shard.entry(shard).or_default().push(run);
-            }
-        }
-        for (shard, runs) in by_shard {
-            let Some(state) = owned.get(&shard) else {
+        let mut refused = 0usize;
+        for (deadline, (shard, run, phase)) in due.drain(..) {
+            let Some(state) = owned.get_mut(&shard) else {
                 continue;
             };
-            let queue = QueueDue {
-                lease: state.lease.clone(),
-                store: self.store.clone(),
-                coordinator: self.coordinator.clone(),
-                dispatcher: self.dispatcher.clone(),
-                metrics: self.metrics.clone(),
-                wakers: self.wakers.clone(),
+            let Some((_, fire_time)) = state.timers.remove(&run) else {
+                continue;
             };
-            self.tasks.spawn(queue.run(runs));
-        }
-    }
-}
-
-/// Moves one shard's due runs to `queued` and hands them to dispatch.
-///
-/// A failed write (the database restarting, a network blip) is retried with backoff for as
-/// long as the shard stays ours under the same lease and the node's lease is valid: these
-/// runs are `scheduled` in the store, and no planner round would look at them again (their
-/// schedule's `next_fire_at` is past them), so giving up here would lose the fire until the
-/// shard changes hands (I2). Once the shard is not ours any more, its next owner's recovery
-/// fires them; a fenced write means that owner exists.
-struct QueueDue {
-    lease: ShardLease,
-    store: Arc<dyn SchedulerStore>,
-    coordinator: Arc<dyn Coordinator>,
-    dispatcher: Dispatcher,
-    metrics: Metrics,
-    wakers: Wakers,
-}
-
-impl QueueDue {
-    async fn run(self, runs: Vec<RunId>) {
-        let shard = self.lease.shard();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.store.queue_runs(&self.lease, &runs).await {
-                Ok(queued) => {
-                    self.metrics.runs_queued.inc_by(queued.len() as u64);
-                    self.dispatcher.enqueue(&self.lease, queued);
-                    return;
+            match phase {
+                Phase::Ahead => {
+                    let handle = wheel.insert(clock.ms_of(fire_time), (shard, run, Phase::Fire));
+                    state.timers.insert(run, (handle, fire_time));
+                    ahead.entry(shard).or_default().push((run, fire_time));
                 }
-                Err(kairos_store::StoreError::Fenced { .. }) => {
-                    tracing::info!(
-                        shard = shard.get(),
-                        "due runs fenced off: the shard has a newer owner, which fires them"
-                    );
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(shard = shard.get(), runs = runs.len(), error = %e, retry_in = ?backoff, "cannot queue due runs; retrying");
+                Phase::Fire if !valid => refused += 1,
+                Phase::Fire => {
+                    self.metrics
+                        .timer_lag_seconds
+                        .observe(now_ms.saturating_sub(deadline) as f64 / 1000.0);
+                    fire.entry(shard).or_default().push((run, fire_time));
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-            let still_ours = self.wakers.lock().get(&shard) == Some(&self.lease);
-            if !still_ours || !self.coordinator.lease_valid() {
-                tracing::info!(
-                    shard = shard.get(),
-                    runs = runs.len(),
-                    "shard no longer ours; its next owner's recovery fires the due runs"
-                );
-                return;
+        }
+        if refused > 0 {
+            // I8: the lease may be expiring; the next owner fires these (or records them missed).
+            tracing::warn!(fires = refused, "lease not valid; not firing");
+        }
+        for (shard, runs) in ahead {
+            if let Some(state) = owned.get(&shard) {
+                self.dispatcher.upcoming(&state.lease, runs);
+            }
+        }
+        for (shard, runs) in fire {
+            if let Some(state) = owned.get(&shard) {
+                self.dispatcher.fire(&state.lease, runs);
             }
         }
     }
@@ -419,24 +428,45 @@ async fn plan(
                             MAX_FIRES_PER_ROUND,
                         ));
                     }
+                    // One transaction per chunk of fires, across shards.
+                    let mut chunk: Vec<(ShardLease, Vec<Materialize>)> = Vec::new();
+                    let mut size = 0;
                     for (shard, fires) in by_shard {
                         let Some(lease) = leases.get(&shard) else {
                             continue;
                         };
-                        materialize(store.as_ref(), &metrics, lease, &fires, &engine).await;
+                        size += fires.len();
+                        chunk.push((lease.clone(), fires));
+                        if size >= MATERIALIZE_CHUNK {
+                            materialize(store.as_ref(), &metrics, &chunk, &engine).await;
+                            chunk.clear();
+                            size = 0;
+                        }
+                    }
+                    if !chunk.is_empty() {
+                        materialize(store.as_ref(), &metrics, &chunk, &engine).await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "planning scan failed; retrying next round"),
             }
             match store.queued_runs_across(&shards, 10_000).await {
                 Ok(queued) => {
-                    for (shard, run) in queued {
+                    for (shard, run, fire_time) in queued {
                         if let Some(lease) = leases.get(&shard) {
-                            dispatcher.enqueue(lease, [run]);
+                            dispatcher.enqueue(lease, [(run, fire_time)]);
                         }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read queued runs"),
+            }
+            // The safety net behind the cancel hint: running runs whose cancel was asked.
+            match store.cancel_requested_across(&shards, 10_000).await {
+                Ok(runs) => {
+                    for (shard, run, _) in runs {
+                        dispatcher.cancel_running(shard, run).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read cancel requests"),
             }
         }
         tokio::select! {
@@ -450,40 +480,45 @@ async fn plan(
 async fn materialize(
     store: &dyn SchedulerStore,
     metrics: &Metrics,
-    lease: &ShardLease,
-    fires: &[Materialize],
+    batches: &[(ShardLease, Vec<Materialize>)],
     engine: &mpsc::Sender<EngineInput>,
 ) {
-    match store.materialize(lease, fires).await {
-        Ok(runs) => {
+    match store.materialize_across(batches).await {
+        Ok(done) => {
             // Crash point for tests: the fires are committed, nothing in memory knows them yet.
-            if runs.iter().any(|r| r.created) {
+            if done.runs.iter().any(|(_, r)| r.created) {
                 fail::fail_point!("scheduler::after_materialize", |_| std::process::abort());
             }
             metrics
                 .fires_materialized
-                .inc_by(runs.iter().filter(|r| r.created).count() as u64);
+                .inc_by(done.runs.iter().filter(|(_, r)| r.created).count() as u64);
             metrics.fires_missed.inc_by(
-                runs.iter()
-                    .filter(|r| r.created && r.state == RunState::Skipped)
+                done.runs
+                    .iter()
+                    .filter(|(_, r)| r.created && r.state == RunState::Skipped)
                     .count() as u64,
             );
-            let scheduled: Vec<_> = runs
-                .iter()
-                .filter(|r| r.state == RunState::Scheduled)
-                .map(|r| (r.id, r.fire_time))
-                .collect();
-            if !scheduled.is_empty() {
-                let _ = engine
-                    .send(EngineInput::Planned {
-                        shard: lease.shard(),
-                        runs: scheduled,
-                    })
-                    .await;
+            let mut scheduled: HashMap<ShardId, Vec<(RunId, DateTime<Utc>)>> = HashMap::new();
+            for (shard, r) in &done.runs {
+                if r.state == RunState::Scheduled {
+                    scheduled
+                        .entry(*shard)
+                        .or_default()
+                        .push((r.id, r.fire_time));
+                }
+            }
+            for (shard, runs) in scheduled {
+                let _ = engine.send(EngineInput::Planned { shard, runs }).await;
+            }
+            if !done.fenced.is_empty() {
+                tracing::info!(
+                    shards = done.fenced.len(),
+                    "fires of shards with a newer owner left to it"
+                );
             }
         }
         Err(e) => {
-            tracing::warn!(shard = lease.shard().get(), error = %e, "materialize failed; retrying next round")
+            tracing::warn!(shards = batches.len(), error = %e, "materialize failed; retrying next round")
         }
     }
 }
@@ -515,8 +550,8 @@ async fn recover(
     for run in pending {
         match run.state {
             RunState::Scheduled => scheduled.push((run.id, run.fire_time)),
-            RunState::Queued => queued.push(run.id),
-            RunState::Running => running.push(run.id),
+            RunState::Queued => queued.push((run.id, run.fire_time)),
+            RunState::Running => running.push((run.id, run.fire_time)),
             _ => {}
         }
     }

@@ -20,9 +20,14 @@ pub struct Metrics {
     pub fires_materialized: Counter,
     pub fires_missed: Counter,
     pub runs_queued: Counter,
-    /// Lateness of a fire: when its run became `queued` minus its fire time.
+    /// Lateness of a fire: when its run was durably `queued` (or started on a worker holding
+    /// it) minus its fire time.
     pub fire_lag_seconds: Histogram,
+    /// Lateness of the wheel itself: when a fire timer popped minus its deadline.
+    pub timer_lag_seconds: Histogram,
     pub runs_started: Counter,
+    /// Runs started by their fire on a worker that held them prepared (offered ahead).
+    pub runs_started_ahead: Counter,
     pub runs_finished: Counter,
     pub runs_lost: Counter,
     pub timers: Gauge,
@@ -44,7 +49,9 @@ impl Metrics {
             fires_missed: Counter::default(),
             runs_queued: Counter::default(),
             fire_lag_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            timer_lag_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             runs_started: Counter::default(),
+            runs_started_ahead: Counter::default(),
             runs_finished: Counter::default(),
             runs_lost: Counter::default(),
             timers: Gauge::default(),
@@ -71,8 +78,18 @@ impl Metrics {
         );
         registry.register(
             "fire_lag_seconds",
-            "Queued time minus fire time",
+            "Durably queued (or started on a worker holding the run) minus fire time",
             m.fire_lag_seconds.clone(),
+        );
+        registry.register(
+            "timer_lag_seconds",
+            "Fire timer popped minus its deadline",
+            m.timer_lag_seconds.clone(),
+        );
+        registry.register(
+            "runs_started_ahead",
+            "Runs started by their fire on a worker that held them prepared",
+            m.runs_started_ahead.clone(),
         );
         registry.register(
             "runs_started",

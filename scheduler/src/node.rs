@@ -8,7 +8,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, http::StatusCode, routing::get};
 use kairos_proto::v1::worker_service_server::WorkerServiceServer;
-use kairos_store::{SchedulerStore, ShardChange};
+use kairos_store::{ChangeKind, SchedulerStore, ShardChange};
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -87,15 +87,20 @@ pub async fn run(
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                // Nagle off: an ack or assignment is a small frame that must not wait for the
+                // peer's delayed ACK (40 ms on Linux).
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
                 grpc_stop.cancelled_owned(),
             )
             .await
     });
-    tasks.spawn(dispatcher.clone().run(stop_serving.clone()));
-
     let (coordinator, ownership) = EtcdCoordinator::start(config.coordinator.clone()).await?;
     let coordinator: Arc<dyn Coordinator> = Arc::new(coordinator);
+    tasks.spawn(
+        dispatcher
+            .clone()
+            .run(coordinator.clone(), stop_serving.clone()),
+    );
     tracing::info!(node_id = %config.coordinator.node_id, grpc = %grpc_addr, "scheduler node started");
 
     let wakers = Wakers::default();
@@ -116,9 +121,18 @@ pub async fn run(
         }
     });
     let hint_wakers = wakers.clone();
+    let hint_dispatcher = dispatcher.clone();
     tasks.spawn(async move {
         while let Some(change) = changes.recv().await {
-            hint_wakers.wake(change.shard);
+            match (change.kind, change.run) {
+                (ChangeKind::CancelRequested, Some((run, _))) => {
+                    hint_dispatcher.cancel_running(change.shard, run).await;
+                }
+                // A queued run the API named goes straight to dispatch; anything else re-plans.
+                (ChangeKind::RunQueued, Some((run, fire_time)))
+                    if hint_dispatcher.enqueue_announced(change.shard, run, fire_time) => {}
+                _ => hint_wakers.wake(change.shard),
+            }
         }
     });
 

@@ -24,8 +24,9 @@ use crate::conformance::{
     assert_not_found, change, cron_spec, events_of, job, job_spec, manual_run, now, page, tenant,
 };
 use crate::{
-    FinishedRun, FireState, Job, LOG_TAIL_MAX_BYTES, Materialize, NewSchedule, Result, Run,
-    RunFilter, RunOutcome, Schedule, SchedulerStore, ShardLease, Store, StoreError, TerminalState,
+    DueRun, FinishedRun, FireState, Job, LOG_TAIL_MAX_BYTES, LeasedRun, LiveLog, Materialize,
+    NewSchedule, Result, Run, RunAck, RunFilter, RunOutcome, RunReport, Schedule, SchedulerStore,
+    ShardLease, Store, StoreError, TerminalState,
 };
 
 /// Generates one `#[tokio::test]` per scheduler conformance check, each on a fresh store from
@@ -55,6 +56,13 @@ macro_rules! scheduler_store_conformance_suite {
             offers_are_only_queued_uncancelled_runs_of_the_shard_with_the_merged_env,
             cross_shard_reads_return_only_the_named_shards,
             committed_changes_are_followed_as_shard_hints,
+            a_batch_across_shards_writes_the_current_leases_and_reports_the_superseded,
+            a_fire_starts_the_runs_a_worker_holds_unless_cancelled_or_changed,
+            batched_acks_and_reports_span_shards_and_record_a_repeated_report_once,
+            upcoming_offers_include_scheduled_runs,
+            materializing_across_shards_writes_the_current_leases_only,
+            cancel_requests_of_running_runs_are_read_across_shards,
+            live_logs_are_stored_for_running_runs_only_and_never_move_back,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -183,6 +191,7 @@ fn outcome(state: TerminalState, exit_code: Option<i32>, log: &str) -> RunOutcom
         exit_code,
         log_tail: log.to_owned(),
         log_truncated: false,
+        total_bytes: None,
     }
 }
 
@@ -1329,12 +1338,12 @@ pub async fn cross_shard_reads_return_only_the_named_shards<S: Store + Scheduler
         .queued_runs_across(&[queued.shard], 100)
         .await
         .expect("queued");
-    assert_eq!(found, [(queued.shard, queued.id)]);
+    assert_eq!(found, [(queued.shard, queued.id, queued.fire_time)]);
     let elsewhere = store
         .queued_runs_across(&[other_shard(queued.shard)], 100)
         .await
         .expect("queued");
-    assert!(elsewhere.iter().all(|(_, id)| *id != queued.id));
+    assert!(elsewhere.iter().all(|(_, id, _)| *id != queued.id));
 }
 
 pub async fn committed_changes_are_followed_as_shard_hints<S: Store + SchedulerStore>(store: &S) {
@@ -1371,4 +1380,547 @@ pub async fn committed_changes_are_followed_as_shard_hints<S: Store + SchedulerS
     };
     let (followed, ()) = tokio::join!(follow, check);
     followed.expect("following ends cleanly on stop");
+}
+
+// --- batches across shards ----------------------------------------------------------------------
+
+/// A second schedule of `w`'s tenant and job in another shard, with its own lease (token 1).
+async fn second_shard<S: Store + SchedulerStore>(store: &S, w: &World) -> (Schedule, ShardLease) {
+    let first = now() + Duration::minutes(1);
+    let shard = other_shard(w.schedule.shard);
+    let schedule = schedule_in(store, w.tenant, w.job.id, Some(shard), first, false).await;
+    let lease = store
+        .claim_shard(shard, 1, "node-a")
+        .await
+        .expect("claim the second shard");
+    (schedule, lease)
+}
+
+fn leased(lease: &ShardLease, id: RunId, fire_time: Option<DateTime<Utc>>) -> LeasedRun {
+    LeasedRun {
+        lease: lease.clone(),
+        id,
+        fire_time,
+    }
+}
+
+fn due(lease: &ShardLease, id: RunId, worker: Option<&str>) -> DueRun {
+    DueRun {
+        run: leased(lease, id, None),
+        worker_id: worker.map(str::to_owned),
+    }
+}
+
+pub async fn a_batch_across_shards_writes_the_current_leases_and_reports_the_superseded<
+    S: Store + SchedulerStore,
+>(
+    store: &S,
+) {
+    let w = world(store).await;
+    let (s2, lease2) = second_shard(store, &w).await;
+    let a = scheduled_runs(store, &w, 2).await;
+    let w2 = World {
+        tenant: w.tenant,
+        job: w.job.clone(),
+        schedule: s2,
+        lease: lease2.clone(),
+    };
+    let b = scheduled_runs(store, &w2, 2).await;
+
+    // The second shard moves to another node before the batch is written.
+    store
+        .claim_shard(lease2.shard(), 2, "node-b")
+        .await
+        .expect("newer claim");
+    let batch: Vec<DueRun> = a
+        .iter()
+        .chain(&b)
+        .map(|id| {
+            let lease = if a.contains(id) { &w.lease } else { &lease2 };
+            due(lease, *id, None)
+        })
+        .collect();
+    let fired = store.fire_runs(&batch).await.expect("fire");
+    assert_eq!(fired.fenced, [lease2.shard()]);
+    let mut queued = fired.queued.clone();
+    queued.sort();
+    let mut expected = a.clone();
+    expected.sort();
+    assert_eq!(queued, expected, "the current lease's runs are queued");
+    assert!(fired.started.is_empty());
+    for id in &b {
+        assert_eq!(
+            run(store, w.tenant, *id).await.state,
+            RunState::Scheduled,
+            "nothing of the superseded shard is written"
+        );
+    }
+    // Firing again changes nothing: the runs are no longer scheduled.
+    let again = store.fire_runs(&batch[..2]).await.expect("fire again");
+    assert!(again.queued.is_empty() && again.started.is_empty());
+    for id in &a {
+        assert_eq!(events_of(store, w.tenant, *id).await.len(), 2);
+    }
+}
+
+pub async fn a_fire_starts_the_runs_a_worker_holds_unless_cancelled_or_changed<
+    S: Store + SchedulerStore,
+>(
+    store: &S,
+) {
+    let w = world(store).await;
+    let ids = scheduled_runs(store, &w, 3).await;
+    store.cancel_run(w.tenant, ids[1]).await.expect("cancel");
+    let times = fire_times(&w.schedule, 3);
+    let batch = vec![
+        DueRun {
+            run: leased(&w.lease, ids[0], Some(times[0])),
+            worker_id: Some("worker-1".to_owned()),
+        },
+        DueRun {
+            run: leased(&w.lease, ids[1], Some(times[1])),
+            worker_id: Some("worker-1".to_owned()),
+        },
+        DueRun {
+            run: leased(&w.lease, ids[2], Some(times[2])),
+            worker_id: None,
+        },
+    ];
+    let fired = store.fire_runs(&batch).await.expect("fire");
+    assert_eq!(fired.started, [ids[0]]);
+    assert_eq!(fired.queued, [ids[2]]);
+    let started = run(store, w.tenant, ids[0]).await;
+    assert_eq!(started.state, RunState::Running);
+    assert_eq!(started.worker_id.as_deref(), Some("worker-1"));
+    assert!(started.started_at.is_some());
+    let steps: Vec<(Option<RunState>, RunState)> = events_of(store, w.tenant, ids[0])
+        .await
+        .iter()
+        .map(|e| (e.0, e.1))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (None, RunState::Scheduled),
+            (Some(RunState::Scheduled), RunState::Queued),
+            (Some(RunState::Queued), RunState::Running),
+        ],
+        "one event per transition, queued included (I3)"
+    );
+    assert_eq!(
+        run(store, w.tenant, ids[1]).await.state,
+        RunState::Cancelled,
+        "the cancel won: the worker must not start it"
+    );
+
+    // A run whose schedule moved on since it was computed is queued, not started (I4).
+    let more = scheduled_runs_after(store, &w, times[2], 1).await;
+    edit_schedule(store, &w).await;
+    let fired = store
+        .fire_runs(&[due(&w.lease, more[0], Some("worker-1"))])
+        .await
+        .expect("fire");
+    assert!(
+        fired.started.is_empty() && fired.queued.is_empty(),
+        "a stale fire never starts"
+    );
+    let stale = run(store, w.tenant, more[0]).await;
+    assert_eq!(
+        (stale.state, stale.reason.as_deref()),
+        (RunState::Cancelled, Some(cancel_reason::SCHEDULE_UPDATED))
+    );
+
+    // A worker id out of bounds is refused before anything is written.
+    let long = "w".repeat(300);
+    assert!(matches!(
+        store.fire_runs(&[due(&w.lease, ids[2], Some(&long))]).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+/// Materializes `n` fires of `w`'s schedule after `after`.
+async fn scheduled_runs_after<S: SchedulerStore>(
+    store: &S,
+    w: &World,
+    after: DateTime<Utc>,
+    n: usize,
+) -> Vec<RunId> {
+    let fires: Vec<Materialize> =
+        std::iter::successors(w.schedule.spec.next_fire_after(after), |t| {
+            w.schedule.spec.next_fire_after(*t)
+        })
+        .take(n)
+        .map(|t| fire(&w.schedule, t, FireState::Scheduled))
+        .collect();
+    store
+        .materialize(&w.lease, &fires)
+        .await
+        .expect("materialize")
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+/// Edits `w`'s schedule through the API's path, which bumps its version.
+async fn edit_schedule<S: Store>(store: &S, w: &World) {
+    store
+        .update_schedule(
+            w.tenant,
+            w.schedule.id,
+            &change(
+                cron_spec("30 * * * * *"),
+                false,
+                cancel_reason::SCHEDULE_UPDATED,
+            ),
+            w.schedule.version,
+        )
+        .await
+        .expect("edit");
+}
+
+pub async fn batched_acks_and_reports_span_shards_and_record_a_repeated_report_once<
+    S: Store + SchedulerStore,
+>(
+    store: &S,
+) {
+    let w = world(store).await;
+    let (s2, lease2) = second_shard(store, &w).await;
+    let a = scheduled_runs(store, &w, 1).await;
+    let w2 = World {
+        tenant: w.tenant,
+        job: w.job.clone(),
+        schedule: s2,
+        lease: lease2.clone(),
+    };
+    let b = scheduled_runs(store, &w2, 1).await;
+    queue(store, &w.lease, &a).await;
+    queue(store, &lease2, &b).await;
+
+    let acks = vec![
+        RunAck {
+            run: leased(&w.lease, a[0], None),
+            worker_id: "worker-1".to_owned(),
+        },
+        RunAck {
+            run: leased(&lease2, b[0], None),
+            worker_id: "worker-2".to_owned(),
+        },
+        RunAck {
+            run: leased(&w.lease, RunId::generate(), None),
+            worker_id: "worker-1".to_owned(),
+        },
+    ];
+    let acked = store.ack_runs(&acks).await.expect("ack");
+    let mut started = acked.started.clone();
+    started.sort();
+    let mut expected = vec![a[0], b[0]];
+    expected.sort();
+    assert_eq!(started, expected);
+    assert_eq!(acked.refused, [acks[2].run.id], "an unknown run is refused");
+    assert_eq!(
+        run(store, w.tenant, b[0]).await.worker_id.as_deref(),
+        Some("worker-2")
+    );
+    let again = store.ack_runs(&acks[..2]).await.expect("ack again");
+    assert!(
+        again.started.is_empty(),
+        "a second ack never starts a run twice"
+    );
+
+    let ok = RunOutcome {
+        state: TerminalState::Succeeded,
+        exit_code: Some(0),
+        log_tail: "done\n".to_owned(),
+        log_truncated: false,
+        total_bytes: None,
+    };
+    let failed = RunOutcome {
+        state: TerminalState::Failed(FailureReason::ExitCode),
+        exit_code: Some(3),
+        log_tail: String::new(),
+        log_truncated: false,
+        total_bytes: Some(0),
+    };
+    let reports = vec![
+        RunReport {
+            run: leased(&w.lease, a[0], None),
+            outcome: ok.clone(),
+        },
+        RunReport {
+            run: leased(&lease2, b[0], None),
+            outcome: failed,
+        },
+        RunReport {
+            run: leased(&w.lease, a[0], None),
+            outcome: ok,
+        },
+    ];
+    let finished = store.finish_runs(&reports).await.expect("finish");
+    assert!(finished.fenced.is_empty());
+    let results: Vec<(RunId, FinishedRun)> = finished
+        .results
+        .into_iter()
+        .map(|(id, r)| (id, r.expect("recorded")))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            (
+                a[0],
+                FinishedRun {
+                    state: RunState::Succeeded,
+                    applied: true
+                }
+            ),
+            (
+                b[0],
+                FinishedRun {
+                    state: RunState::Failed,
+                    applied: true
+                }
+            ),
+            (
+                a[0],
+                FinishedRun {
+                    state: RunState::Succeeded,
+                    applied: false
+                }
+            ),
+        ]
+    );
+    let b_run = run(store, w.tenant, b[0]).await;
+    assert_eq!(
+        (b_run.state, b_run.exit_code, b_run.reason.as_deref()),
+        (RunState::Failed, Some(3), Some("exit_code"))
+    );
+    assert_eq!(
+        events_of(store, w.tenant, a[0]).await.len(),
+        4,
+        "scheduled, queued, running, succeeded: the repeat added nothing"
+    );
+}
+
+pub async fn upcoming_offers_include_scheduled_runs<S: Store + SchedulerStore>(store: &S) {
+    let w = world(store).await;
+    let ids = scheduled_runs(store, &w, 2).await;
+    store.cancel_run(w.tenant, ids[1]).await.expect("cancel");
+    let runs: Vec<LeasedRun> = ids.iter().map(|id| leased(&w.lease, *id, None)).collect();
+    assert!(
+        store
+            .offers_across(&runs, false)
+            .await
+            .expect("offers")
+            .is_empty(),
+        "scheduled runs are not offered for an ack"
+    );
+    let offers = store.offers_across(&runs, true).await.expect("offers");
+    assert_eq!(offers.len(), 1, "a cancelled run is never offered");
+    let offer = &offers[0];
+    assert_eq!(
+        (offer.run_id, offer.tenant_id, offer.shard),
+        (ids[0], w.tenant, w.schedule.shard)
+    );
+}
+
+pub async fn materializing_across_shards_writes_the_current_leases_only<
+    S: Store + SchedulerStore,
+>(
+    store: &S,
+) {
+    let w = world(store).await;
+    let (s2, lease2) = second_shard(store, &w).await;
+    let (s3, lease3) = {
+        let shard = other_shard(lease2.shard());
+        let first = now() + Duration::minutes(1);
+        let schedule = schedule_in(store, w.tenant, w.job.id, Some(shard), first, false).await;
+        let lease = store.claim_shard(shard, 1, "node-a").await.expect("claim");
+        (schedule, lease)
+    };
+    let fires_of = |s: &Schedule| -> Vec<Materialize> {
+        fire_times(s, 2)
+            .into_iter()
+            .map(|t| fire(s, t, FireState::Scheduled))
+            .collect()
+    };
+    // The third shard moves on; a fire filed under the wrong lease is not this lease's.
+    store
+        .claim_shard(lease3.shard(), 2, "node-b")
+        .await
+        .expect("newer claim");
+    let mut misfiled = fires_of(&s2);
+    misfiled.truncate(1);
+    let batches = vec![
+        (w.lease.clone(), fires_of(&w.schedule)),
+        (lease2.clone(), fires_of(&s2)),
+        (lease3.clone(), fires_of(&s3)),
+        (w.lease.clone(), misfiled),
+    ];
+    let done = store
+        .materialize_across(&batches)
+        .await
+        .expect("materialize");
+    assert_eq!(done.fenced, [lease3.shard()]);
+    let mut by_shard: BTreeMap<u16, usize> = BTreeMap::new();
+    for (shard, run) in &done.runs {
+        assert!(run.created);
+        *by_shard.entry(shard.get()).or_default() += 1;
+    }
+    assert_eq!(
+        by_shard,
+        BTreeMap::from([(w.lease.shard().get(), 2), (lease2.shard().get(), 2)]),
+        "two fires for each current lease; none for the superseded one"
+    );
+    let third = store.get_schedule(w.tenant, s3.id).await.expect("get");
+    assert_eq!(
+        third.next_fire_at, s3.next_fire_at,
+        "nothing of the third shard moved"
+    );
+    let second = store.get_schedule(w.tenant, s2.id).await.expect("get");
+    assert_eq!(second.next_fire_at, Some(fire_times(&s2, 3)[2]));
+}
+
+pub async fn cancel_requests_of_running_runs_are_read_across_shards<S: Store + SchedulerStore>(
+    store: &S,
+) {
+    let w = world(store).await;
+    let ids = scheduled_runs(store, &w, 3).await;
+    queue(store, &w.lease, &ids).await;
+    for id in &ids[..2] {
+        store
+            .ack_run(&w.lease, *id, "worker-1")
+            .await
+            .expect("ack")
+            .expect("started");
+    }
+    assert!(
+        store
+            .cancel_requested_across(&[w.lease.shard()], 100)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    let asked = store.cancel_run(w.tenant, ids[0]).await.expect("cancel");
+    assert_eq!(
+        asked.state,
+        RunState::Running,
+        "a running run is asked, not moved"
+    );
+    assert!(asked.cancel_requested);
+    // A queued run's cancel is immediate: nothing for a worker to stop.
+    store.cancel_run(w.tenant, ids[2]).await.expect("cancel");
+    let found = store
+        .cancel_requested_across(&[w.lease.shard(), other_shard(w.lease.shard())], 100)
+        .await
+        .expect("read");
+    assert_eq!(found, [(w.lease.shard(), ids[0], asked.fire_time)]);
+    assert!(
+        store
+            .cancel_requested_across(&[other_shard(w.lease.shard())], 100)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+}
+
+pub async fn live_logs_are_stored_for_running_runs_only_and_never_move_back<
+    S: Store + SchedulerStore,
+>(
+    store: &S,
+) {
+    let w = world(store).await;
+    let ids = scheduled_runs(store, &w, 2).await;
+    queue(store, &w.lease, &ids).await;
+    store
+        .ack_run(&w.lease, ids[0], "worker-1")
+        .await
+        .expect("ack")
+        .expect("started");
+    let live = |id: RunId, tail: &str, total: u64| LiveLog {
+        run: leased(&w.lease, id, None),
+        tail: tail.to_owned(),
+        total_bytes: total,
+    };
+    let fenced = store
+        .record_live_logs(&[live(ids[0], "hello\n", 6), live(ids[1], "not running", 11)])
+        .await
+        .expect("record");
+    assert!(fenced.is_empty());
+    let logs = store.run_logs(w.tenant, ids[0]).await.expect("logs");
+    assert_eq!(
+        (
+            logs.content.as_str(),
+            logs.total_bytes,
+            logs.truncated,
+            logs.state
+        ),
+        ("hello\n", 6, false, RunState::Running)
+    );
+    let queued = store.run_logs(w.tenant, ids[1]).await.expect("logs");
+    assert_eq!(
+        (queued.content.as_str(), queued.total_bytes),
+        ("", 0),
+        "a queued run has no live output"
+    );
+
+    // More output, with its head dropped by the worker's cap: the count says where it starts.
+    store
+        .record_live_logs(&[live(ids[0], "world\n", 1_000_000)])
+        .await
+        .expect("record");
+    let logs = store.run_logs(w.tenant, ids[0]).await.expect("logs");
+    assert_eq!(
+        (logs.content.as_str(), logs.total_bytes, logs.truncated),
+        ("world\n", 1_000_000, true)
+    );
+    // A late, older tail does not move it back.
+    store
+        .record_live_logs(&[live(ids[0], "hello\n", 6)])
+        .await
+        .expect("record");
+    assert_eq!(
+        store
+            .run_logs(w.tenant, ids[0])
+            .await
+            .expect("logs")
+            .total_bytes,
+        1_000_000
+    );
+
+    // The report's count is the final one.
+    let mut ended = outcome(TerminalState::Succeeded, Some(0), "bye\n");
+    ended.total_bytes = Some(1_000_004);
+    store
+        .finish_run(&w.lease, ids[0], &ended)
+        .await
+        .expect("finish");
+    let logs = store.run_logs(w.tenant, ids[0]).await.expect("logs");
+    assert_eq!(
+        (logs.content.as_str(), logs.total_bytes, logs.state),
+        ("bye\n", 1_000_004, RunState::Succeeded)
+    );
+    // And a tail arriving after the end changes nothing.
+    store
+        .record_live_logs(&[live(ids[0], "late\n", 2_000_000)])
+        .await
+        .expect("record");
+    assert_eq!(
+        store
+            .run_logs(w.tenant, ids[0])
+            .await
+            .expect("logs")
+            .content,
+        "bye\n"
+    );
+
+    // A superseded lease writes nothing.
+    let stale = w.lease.clone();
+    store
+        .claim_shard(w.lease.shard(), 2, "node-b")
+        .await
+        .expect("newer claim");
+    let fenced = store
+        .record_live_logs(&[live(ids[1], "x", 1)])
+        .await
+        .expect("record");
+    assert_eq!(fenced, [stale.shard()]);
 }

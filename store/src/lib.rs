@@ -29,8 +29,12 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Channel on which a committed change to a schedule is announced; the payload is the shard.
 /// Postgres delivers NOTIFY only on commit and folds identical ones within a transaction.
 pub const SCHEDULE_CHANGES_CHANNEL: &str = "kairos_schedule_changes";
-/// Channel on which a committed `queued` run (execute now, trigger) is announced; payload: shard.
+/// Channel on which a committed `queued` run is announced; payload: the shard, then (execute
+/// now, trigger) the run id and its fire time in microseconds.
 pub const RUNS_QUEUED_CHANNEL: &str = "kairos_runs_queued";
+/// Channel on which a cancel request for a running run is announced; payload: the shard, the
+/// run id and its fire time in microseconds. The shard's owner tells the run's worker to stop.
+pub const RUNS_CANCEL_CHANNEL: &str = "kairos_runs_cancel";
 
 /// Everything the API needs from storage. Implementations: [`PgStore`] (SQLite comes with
 /// standalone mode). The conformance suite in [`conformance`] runs against each of them.

@@ -35,7 +35,7 @@ pub const LOG_TAIL_MAX_BYTES: usize = 64 * 1024;
 /// let shard = kairos_domain::ShardId::new(0).expect("shard");
 /// fn takes(_: &kairos_store::ShardLease) {}
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ShardLease {
     shard: ShardId,
     token: i64,
@@ -120,6 +120,15 @@ pub struct MaterializedRun {
     pub created: bool,
 }
 
+/// What [`SchedulerStore::materialize_across`] recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaterializedAcross {
+    /// The run of every fire kept, with its shard, in fire order.
+    pub runs: Vec<(ShardId, MaterializedRun)>,
+    /// Shards whose lease was superseded: nothing of theirs was written.
+    pub fenced: Vec<ShardId>,
+}
+
 /// A non-terminal run of a shard, as recovery and dispatch see it.
 #[derive(Debug, Clone)]
 pub struct PendingRun {
@@ -173,6 +182,73 @@ pub struct Offer {
     pub timeout: RunTimeout,
     pub fire_time: DateTime<Utc>,
     pub attempt: u32,
+    pub tenant_id: TenantId,
+    /// The run's shard.
+    pub shard: ShardId,
+}
+
+/// A run of a shard this node owns, as the firing and dispatch path names it in batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedRun {
+    pub lease: ShardLease,
+    pub id: RunId,
+    /// The run's fire time, when known: it is the partition key, so a batch whose fire times
+    /// are all known reads only the partitions they fall in.
+    pub fire_time: Option<DateTime<Utc>>,
+}
+
+/// A due run to fire. With `worker_id`, a worker holds it prepared (it accepted an upcoming
+/// assignment) and the run starts on it at once, under the same checks as an ack.
+#[derive(Debug, Clone)]
+pub struct DueRun {
+    pub run: LeasedRun,
+    pub worker_id: Option<String>,
+}
+
+/// What [`SchedulerStore::fire_runs`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FiredRuns {
+    /// Moved `scheduled` → `queued`: they wait for a worker's ack.
+    pub queued: Vec<RunId>,
+    /// Moved `scheduled` → `queued` → `running` on the worker that held them.
+    pub started: Vec<RunId>,
+    /// Shards whose lease was superseded: nothing of theirs was written.
+    pub fenced: Vec<ShardId>,
+}
+
+/// A worker's ack of a queued run, batched by [`SchedulerStore::ack_runs`].
+#[derive(Debug, Clone)]
+pub struct RunAck {
+    pub run: LeasedRun,
+    pub worker_id: String,
+}
+
+/// What [`SchedulerStore::ack_runs`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckedRuns {
+    /// Moved `queued` → `running`: their workers may start them.
+    pub started: Vec<RunId>,
+    /// Lost the race (cancelled, schedule changed, job deleted, not queued, not the shard's):
+    /// their workers must not start them.
+    pub refused: Vec<RunId>,
+    /// Shards whose lease was superseded: nothing of theirs was written.
+    pub fenced: Vec<ShardId>,
+}
+
+/// A worker's report of a run's end, batched by [`SchedulerStore::finish_runs`].
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run: LeasedRun,
+    pub outcome: RunOutcome,
+}
+
+/// What [`SchedulerStore::finish_runs`] did, per run, in the order asked.
+#[derive(Debug, Default)]
+pub struct FinishedRuns {
+    /// Each report's result, as [`SchedulerStore::finish_run`] would answer it alone.
+    pub results: Vec<(RunId, Result<FinishedRun>)>,
+    /// Shards whose lease was superseded: nothing of theirs was written.
+    pub fenced: Vec<ShardId>,
 }
 
 /// A committed change the API announced (NOTIFY): something in `shard` wants attention.
@@ -180,6 +256,9 @@ pub struct Offer {
 pub struct ShardChange {
     pub kind: ChangeKind,
     pub shard: ShardId,
+    /// The queued run the change is about, with its fire time, when the hint names one
+    /// (execute now, trigger): the shard's owner can offer it without a scan.
+    pub run: Option<(RunId, DateTime<Utc>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +267,8 @@ pub enum ChangeKind {
     Schedule,
     /// A run was queued directly (execute now, trigger, backfill).
     RunQueued,
+    /// A cancel was asked for a running run: its worker must stop it.
+    CancelRequested,
 }
 
 /// How a run ended, as its worker (or the scheduler) reports it.
@@ -226,6 +307,18 @@ pub struct RunOutcome {
     pub log_tail: String,
     /// Whether the worker already dropped the start of the output.
     pub log_truncated: bool,
+    /// Bytes of output written in all, when the worker counted them.
+    pub total_bytes: Option<u64>,
+}
+
+/// The live output of a running run, as its worker last sent it.
+#[derive(Debug, Clone)]
+pub struct LiveLog {
+    pub run: LeasedRun,
+    /// The end of the output so far; stored capped at [`LOG_TAIL_MAX_BYTES`].
+    pub tail: String,
+    /// Bytes of output written so far.
+    pub total_bytes: u64,
 }
 
 /// What `finish_run` left stored.
@@ -265,6 +358,13 @@ pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
         lease: &ShardLease,
         fires: &[Materialize],
     ) -> Result<Vec<MaterializedRun>>;
+
+    /// [`Self::materialize`] for the fires of many shards in one transaction; the fires of a
+    /// superseded lease are left and its shard reported.
+    async fn materialize_across(
+        &self,
+        batches: &[(ShardLease, Vec<Materialize>)],
+    ) -> Result<MaterializedAcross>;
 
     /// Every `scheduled`, `queued` and `running` run of the shard, by fire time (recovery, I2).
     async fn shard_pending_runs(&self, lease: &ShardLease) -> Result<Vec<PendingRun>>;
@@ -321,16 +421,49 @@ pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
     ) -> Result<Vec<(ShardId, DueSchedule)>>;
 
-    /// Queued, not cancel-requested runs of several shards, oldest first (a read).
+    /// Running runs of several shards whose cancel was asked, with their fire times (a read:
+    /// the safety net behind the cancel hint).
+    async fn cancel_requested_across(
+        &self,
+        shards: &[ShardId],
+        limit: u32,
+    ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>>;
+
+    /// Queued, not cancel-requested runs of several shards with their fire times, oldest
+    /// first (a read).
     async fn queued_runs_across(
         &self,
         shards: &[ShardId],
         limit: u32,
-    ) -> Result<Vec<(ShardId, RunId)>>;
+    ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>>;
 
     /// What workers need to start these runs; only runs of the shard still `queued` and not
     /// cancel-requested are returned. Reads only: the ack makes the decision.
     async fn run_offers(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<Offer>>;
+
+    /// Fires due runs of many shards in one transaction: each still `scheduled` moves to
+    /// `queued`, and one a worker holds (`worker_id`) moves on to `running` on it if it may
+    /// start (no cancel requested, its schedule still at the run's version (I4), its job not
+    /// deleted). Runs of superseded leases are left alone and their shards reported.
+    async fn fire_runs(&self, due: &[DueRun]) -> Result<FiredRuns>;
+
+    /// Workers' acks of queued runs of many shards in one transaction: each moves `queued` →
+    /// `running` on its worker under the checks of [`Self::ack_run`]; the rest are refused.
+    async fn ack_runs(&self, acks: &[RunAck]) -> Result<AckedRuns>;
+
+    /// Workers' reports of many runs in one transaction, each with the semantics of
+    /// [`Self::finish_run`]; a run reported twice in the batch is recorded once.
+    async fn finish_runs(&self, reports: &[RunReport]) -> Result<FinishedRuns>;
+
+    /// Stores the live output of running runs of many shards in one transaction (runs no
+    /// longer running are left as they are: their report holds the final output). Answers the
+    /// shards whose lease was superseded.
+    async fn record_live_logs(&self, logs: &[LiveLog]) -> Result<Vec<ShardId>>;
+
+    /// What workers need to start these runs of owned shards (a read, across shards): runs
+    /// still `queued` (and, with `upcoming`, still `scheduled`), not cancel-requested, whose
+    /// job is not deleted. The ack or the fire makes the decision.
+    async fn offers_across(&self, runs: &[LeasedRun], upcoming: bool) -> Result<Vec<Offer>>;
 
     /// Sends every change hint the API commits to `changes` until `stop` (or an error: the
     /// caller re-follows; hints are only hints, planning rescans anyway).

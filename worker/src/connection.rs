@@ -339,6 +339,7 @@ fn report_kind(report: Report) -> worker_message::Kind {
         log_tail: report.finished.log_tail,
         log_truncated: report.finished.log_truncated,
         shard: report.shard,
+        total_bytes: Some(report.finished.total_bytes),
     })
 }
 

@@ -25,7 +25,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Nagle off: small answers must not wait for the client's delayed ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(TenantServiceServer::new(tenants::Tenants(service.clone())))
         .add_service(JobServiceServer::new(jobs::Jobs(service)))

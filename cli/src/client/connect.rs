@@ -1,102 +1,74 @@
-//! Opens the gRPC channel to the Kairos API and attaches `authorization: Bearer <token>` to
-//! every call; it must never print, log or keep a credential anywhere but the request header.
+//! Decides which endpoint and credential a client command uses — the flag, else its variable,
+//! else the credentials file, else the default endpoint — and builds the SDK client. It must
+//! never print, log or keep a credential anywhere but the SDK's request header.
 
-use std::time::Duration;
+use std::path::PathBuf;
 
-use kairos_proto::v1::{
-    job_service_client::JobServiceClient, tenant_service_client::TenantServiceClient,
-};
-use tonic::{
-    Request, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
-};
+use kairos_sdk::{AdminClient, ApiKey, Client, ClientOptions, DEFAULT_ENDPOINT, credentials};
 
 use super::{GlobalOpts, error::CliError};
 
-/// How long to wait for the TCP/HTTP2 connection before giving up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The `JobService` client of tenant commands.
-pub type JobClient = JobServiceClient<InterceptedService<Channel, Bearer>>;
-/// The `TenantService` client of admin commands.
-pub type TenantClient = TenantServiceClient<InterceptedService<Channel, Bearer>>;
-
-/// Adds the bearer credential to each request. Its `Debug` never shows the credential.
-#[derive(Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
-
-impl std::fmt::Debug for Bearer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Bearer(<redacted>)")
+/// The credentials file this invocation reads: `--credentials-file` /
+/// `KAIROS_CREDENTIALS_FILE`, else the SDK's default place.
+fn credentials_path(opts: &GlobalOpts) -> Result<PathBuf, CliError> {
+    match &opts.credentials_file {
+        Some(path) => Ok(path.clone()),
+        None => credentials::default_path().map_err(|e| CliError::from_sdk(&e.into())),
     }
 }
 
-impl Bearer {
-    /// `field` names the flag the token came from, for the error if it cannot be a header.
-    pub fn new(token: &str, field: &str) -> Result<Self, CliError> {
-        let mut value: MetadataValue<Ascii> =
-            format!("Bearer {}", token.trim()).parse().map_err(|_| {
-                CliError::invalid("must be printable ASCII without line breaks").with_field(field)
-            })?;
-        value.set_sensitive(true);
-        Ok(Self(value))
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-/// The endpoint URL, with `http://` added when no scheme was given (`127.0.0.1:50051`).
-pub fn endpoint_url(raw: &str) -> String {
-    let raw = raw.trim();
-    if raw.contains("://") {
-        raw.to_owned()
+/// The endpoint and API key of a tenant command, the file filling what flags and variables
+/// leave out.
+fn tenant_credentials(opts: &GlobalOpts) -> Result<(String, ApiKey), CliError> {
+    let given_key = opts.api_key.clone().map(ApiKey::new);
+    let resolved = if opts.endpoint.is_some() && given_key.as_ref().is_some_and(|k| !k.is_empty()) {
+        credentials::Credentials {
+            endpoint: opts.endpoint.clone(),
+            api_key: given_key,
+        }
     } else {
-        format!("http://{raw}")
-    }
-}
-
-/// Connects now, so an unreachable server is reported as such before any request.
-pub async fn channel(endpoint: &str) -> Result<Channel, CliError> {
-    let url = endpoint_url(endpoint);
-    let ep = Endpoint::from_shared(url.clone())
-        .map_err(|_| CliError::invalid(format!("'{url}' is not a URL")).with_field("endpoint"))?
-        .connect_timeout(CONNECT_TIMEOUT);
-    ep.connect().await.map_err(|e| {
-        CliError::new(
-            "unavailable",
-            format!("cannot connect to {url}: {}", causes(&e)),
+        let path = credentials_path(opts)?;
+        credentials::resolve(opts.endpoint.clone(), given_key, &path)
+            .map_err(|e| CliError::from_sdk(&e.into()))?
+    };
+    let key = resolved.api_key.filter(|k| !k.is_empty()).ok_or_else(|| {
+        CliError::invalid(
+            "no API key: pass --api-key, set KAIROS_API_KEY, or keep one in the credentials file (kairos standalone writes it)",
         )
-    })
+        .with_field("api_key")
+    })?;
+    let endpoint = resolved
+        .endpoint
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+    Ok((endpoint, key))
 }
 
-/// A `JobService` client authenticated with the tenant's API key.
-pub async fn job_client(opts: &GlobalOpts) -> Result<JobClient, CliError> {
-    let key = opts
-        .api_key
-        .as_deref()
-        .filter(|k| !k.trim().is_empty())
-        .ok_or_else(|| {
-            CliError::invalid("no API key: pass --api-key or set KAIROS_API_KEY")
-                .with_field("api_key")
-        })?;
-    let bearer = Bearer::new(key, "api_key")?;
-    Ok(JobServiceClient::with_interceptor(
-        channel(&opts.endpoint).await?,
-        bearer,
-    ))
+/// The endpoint of an admin command: the flag or variable, else the credentials file's, else
+/// the default.
+fn admin_endpoint(opts: &GlobalOpts) -> Result<String, CliError> {
+    if let Some(endpoint) = &opts.endpoint {
+        return Ok(endpoint.clone());
+    }
+    let path = credentials_path(opts)?;
+    let stored =
+        credentials::Credentials::load(&path).map_err(|e| CliError::from_sdk(&e.into()))?;
+    Ok(stored
+        .and_then(|c| c.endpoint)
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()))
 }
 
-/// A `TenantService` client authenticated with the admin token.
-pub async fn tenant_client(opts: &GlobalOpts) -> Result<TenantClient, CliError> {
+/// The SDK client of tenant commands.
+pub fn job_client(opts: &GlobalOpts) -> Result<Client, CliError> {
+    let (endpoint, key) = tenant_credentials(opts)?;
+    Client::builder(endpoint)
+        .api_key(key)
+        .options(ClientOptions::default())
+        .build()
+        .map_err(|e| CliError::from_sdk(&e))
+}
+
+/// The SDK client of admin commands (the admin token, never read from the credentials file).
+pub fn admin_client(opts: &GlobalOpts) -> Result<AdminClient, CliError> {
     let token = opts
         .admin_token
         .as_deref()
@@ -105,67 +77,81 @@ pub async fn tenant_client(opts: &GlobalOpts) -> Result<TenantClient, CliError> 
             CliError::invalid("no admin token: pass --admin-token or set KAIROS_ADMIN_TOKEN")
                 .with_field("admin_token")
         })?;
-    let bearer = Bearer::new(token, "admin_token")?;
-    Ok(TenantServiceClient::with_interceptor(
-        channel(&opts.endpoint).await?,
-        bearer,
-    ))
-}
-
-/// An error and its sources on one line (`transport error: tcp connect error: refused`).
-fn causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let next = e.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = e.source();
-    }
-    text
+    AdminClient::new(admin_endpoint(opts)?, token, ClientOptions::default())
+        .map_err(|e| CliError::from_sdk(&e))
 }
 
 #[cfg(test)]
 mod tests {
+    use kairos_sdk::Credentials;
+
     use super::*;
+    use crate::client::OutputFormat;
+
+    fn opts(endpoint: Option<&str>, key: Option<&str>, file: PathBuf) -> GlobalOpts {
+        GlobalOpts {
+            endpoint: endpoint.map(str::to_owned),
+            api_key: key.map(str::to_owned),
+            admin_token: None,
+            credentials_file: Some(file),
+            output: OutputFormat::Table,
+        }
+    }
 
     #[test]
-    fn an_endpoint_without_a_scheme_gets_http() {
-        assert_eq!(endpoint_url("127.0.0.1:50051"), "http://127.0.0.1:50051");
+    fn flags_win_over_the_file_and_the_file_fills_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credentials");
+        Credentials::new("http://stored:1", "kairos_stored")
+            .save(&file)
+            .unwrap();
+        let (endpoint, key) =
+            tenant_credentials(&opts(Some("http://flag:2"), Some("k_flag"), file.clone())).unwrap();
         assert_eq!(
-            endpoint_url("https://kairos.example"),
-            "https://kairos.example"
+            (endpoint.as_str(), key.expose()),
+            ("http://flag:2", "k_flag")
+        );
+        let (endpoint, key) =
+            tenant_credentials(&opts(None, Some("k_flag"), file.clone())).unwrap();
+        assert_eq!(
+            (endpoint.as_str(), key.expose()),
+            ("http://stored:1", "k_flag")
+        );
+        let (endpoint, key) = tenant_credentials(&opts(None, None, file)).unwrap();
+        assert_eq!(
+            (endpoint.as_str(), key.expose()),
+            ("http://stored:1", "kairos_stored")
         );
     }
 
     #[test]
-    fn the_bearer_header_is_added_and_marked_sensitive() {
-        let mut bearer = Bearer::new("k_secret", "api_key").unwrap();
-        let request = bearer.call(Request::new(())).unwrap();
-        let value = request.metadata().get("authorization").unwrap();
-        assert_eq!(value.to_str().unwrap(), "Bearer k_secret");
-        assert!(value.is_sensitive());
-        assert!(!format!("{bearer:?}").contains("k_secret"));
+    fn without_a_key_anywhere_the_error_names_the_ways_to_give_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = tenant_credentials(&opts(None, None, dir.path().join("absent"))).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("api_key"));
+        assert!(e.message.contains("--api-key") && e.message.contains("KAIROS_API_KEY"));
+        assert_eq!(e.exit_code(), 2);
+        // No file and no endpoint: the default endpoint.
+        let (endpoint, _) =
+            tenant_credentials(&opts(None, Some("k"), dir.path().join("absent"))).unwrap();
+        assert_eq!(endpoint, DEFAULT_ENDPOINT);
     }
 
     #[test]
-    fn a_token_that_cannot_be_a_header_is_a_field_error() {
-        let e = Bearer::new("bad\ntoken", "api_key").unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("api_key"));
+    fn a_broken_credentials_file_is_a_field_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credentials");
+        Credentials::new("http://x:1", "k").save(&file).unwrap();
+        std::fs::write(&file, "apikey = k\n").unwrap();
+        let e = tenant_credentials(&opts(None, None, file)).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("credentials_file"));
+        assert!(e.message.contains("line 1"), "{}", e.message);
     }
 
-    #[tokio::test]
-    async fn a_missing_api_key_is_reported_before_connecting() {
-        let opts = GlobalOpts {
-            endpoint: "http://127.0.0.1:1".into(),
-            api_key: None,
-            admin_token: None,
-            output: super::super::OutputFormat::Table,
-        };
-        let e = job_client(&opts).await.unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("api_key"));
-        assert_eq!(e.exit_code(), 2);
+    #[test]
+    fn a_missing_admin_token_is_reported_before_connecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = admin_client(&opts(None, None, dir.path().join("absent"))).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("admin_token"));
     }
 }

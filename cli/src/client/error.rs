@@ -1,26 +1,25 @@
 //! Turns any failure of a client command into the one-line report
-//! `error: <code>: <message> (field: <field>)` and an exit code; it must never print a
-//! credential, and never spread one error over several lines.
+//! `error: <code>: <message> (field: <field>)`, with the fix where there is one, and an exit
+//! code; it must never print a credential, and never spread one error over several lines.
 
 use std::{fmt, process::ExitCode};
-
-use tonic::{Code, Status};
-
-/// The gRPC metadata entry in which the server names the offending request field.
-pub const FIELD_METADATA: &str = "kairos-error-field";
 
 /// Exit code of bad input and usage mistakes (as clap uses for its own errors).
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of every other failure.
 pub const EXIT_FAILURE: u8 = 1;
 
-/// A failure as the user sees it: a snake_case code (the REST `error.code`), a message and,
-/// for bad input, the field at fault.
+/// A failure as the user sees it: a snake_case code (the REST `error.code`), a message, for
+/// bad input the field at fault, and where one helps, what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CliError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// What to do about it, said after the message.
+    pub hint: Option<&'static str>,
+    /// An exit code other than the code's usual one (`runs wait` timing out).
+    pub exit: Option<u8>,
 }
 
 impl CliError {
@@ -29,6 +28,8 @@ impl CliError {
             code,
             message: message.into(),
             field: None,
+            hint: None,
+            exit: None,
         }
     }
 
@@ -42,40 +43,51 @@ impl CliError {
         self
     }
 
-    /// Reads the code, the message and the `kairos-error-field` metadata of a gRPC status.
-    /// The server writes the field into the message too (`<field>: <reason>`); that prefix is
-    /// dropped so the field is not said twice.
-    pub fn from_status(status: &Status) -> Self {
-        let field = status
-            .metadata()
-            .get(FIELD_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .filter(|f| !f.is_empty());
-        let mut message = one_line(status.message());
-        if let Some(rest) = field
-            .as_deref()
-            .and_then(|f| message.strip_prefix(f))
-            .and_then(|rest| rest.strip_prefix(": "))
-        {
-            message = rest.to_owned();
-        }
-        if message.is_empty() {
-            message = "the server gave no message".to_owned();
-        }
+    pub fn with_exit(mut self, code: u8) -> Self {
+        self.exit = Some(code);
+        self
+    }
+
+    /// The report of an SDK error: its code, message and field, and the fix for the failures
+    /// a person at a terminal can fix.
+    pub fn from_sdk(err: &kairos_sdk::Error) -> Self {
+        use kairos_sdk::Error as E;
+        let message = match err {
+            E::Api { message, .. } => message.clone(),
+            E::Config { reason, .. } => reason.clone(),
+            E::Credentials(e) => one_line(&e.to_string()),
+            // The rest print as `<code>: <message>`; keep the message only.
+            other => {
+                let text = other.to_string();
+                text.strip_prefix(other.code_name())
+                    .and_then(|t| t.strip_prefix(": "))
+                    .map_or(text.clone(), str::to_owned)
+            }
+        };
+        let hint = match err {
+            E::Connect { .. } => {
+                Some("is the API running there? set --endpoint or KAIROS_ENDPOINT")
+            }
+            E::Api { code, .. } if *code == kairos_sdk::Code::Unauthenticated => Some(
+                "check the key: --api-key, KAIROS_API_KEY or the credentials file (the admin token for tenants)",
+            ),
+            _ => None,
+        };
         Self {
-            code: code_name(status.code()),
+            code: err.code_name(),
             message,
-            field,
+            field: err.field().map(str::to_owned),
+            hint,
+            exit: None,
         }
     }
 
-    /// 2 for invalid argument (bad input or usage), 1 for everything else.
+    /// 2 for invalid argument (bad input or usage), 1 for everything else, unless told.
     pub fn exit_code(&self) -> u8 {
-        if self.code == "invalid_argument" {
-            EXIT_USAGE
-        } else {
-            EXIT_FAILURE
+        match self.exit {
+            Some(code) => code,
+            None if self.code == "invalid_argument" => EXIT_USAGE,
+            None => EXIT_FAILURE,
         }
     }
 }
@@ -86,50 +98,29 @@ impl fmt::Display for CliError {
         if let Some(field) = &self.field {
             write!(f, " (field: {field})")?;
         }
+        if let Some(hint) = self.hint {
+            write!(f, "; {hint}")?;
+        }
         Ok(())
     }
 }
 
 impl std::error::Error for CliError {}
 
-impl From<Status> for CliError {
-    fn from(status: Status) -> Self {
-        Self::from_status(&status)
+impl From<kairos_sdk::Error> for CliError {
+    fn from(err: kairos_sdk::Error) -> Self {
+        Self::from_sdk(&err)
     }
 }
 
-/// The snake_case name of a gRPC code; for the codes of the shared table it is the REST
-/// `error.code` (`kairos_domain::ErrorCode::as_str`).
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "ok",
-        Code::Cancelled => "cancelled",
-        Code::Unknown => "unknown",
-        Code::InvalidArgument => "invalid_argument",
-        Code::DeadlineExceeded => "deadline_exceeded",
-        Code::NotFound => "not_found",
-        Code::AlreadyExists => "already_exists",
-        Code::PermissionDenied => "permission_denied",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::FailedPrecondition => "failed_precondition",
-        Code::Aborted => "aborted",
-        Code::OutOfRange => "out_of_range",
-        Code::Unimplemented => "unimplemented",
-        Code::Internal => "internal",
-        Code::Unavailable => "unavailable",
-        Code::DataLoss => "data_loss",
-        Code::Unauthenticated => "unauthenticated",
-    }
-}
-
-/// The report of any error a client command returned: a [`CliError`], a gRPC [`Status`]
-/// passed up with `?`, or anything else (reported as `unknown`).
+/// The report of any error a client command returned: a [`CliError`], an SDK error passed
+/// up with `?`, or anything else (reported as `unknown`).
 pub fn describe(err: &anyhow::Error) -> CliError {
     if let Some(e) = err.downcast_ref::<CliError>() {
         return e.clone();
     }
-    if let Some(status) = err.downcast_ref::<Status>() {
-        return CliError::from_status(status);
+    if let Some(e) = err.downcast_ref::<kairos_sdk::Error>() {
+        return CliError::from_sdk(e);
     }
     CliError::new("unknown", one_line(&format!("{err:#}")))
 }
@@ -148,25 +139,25 @@ fn one_line(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use kairos_domain::ErrorCode;
-    use tonic::metadata::MetadataValue;
+    use kairos_sdk::{Code, Error};
 
     use super::*;
 
-    #[test]
-    fn the_shared_codes_have_their_rest_names() {
-        for code in ErrorCode::ALL {
-            assert_eq!(code_name(Code::from(code.grpc_code())), code.as_str());
+    fn api(code: Code, message: &str, field: Option<&str>) -> Error {
+        Error::Api {
+            code,
+            message: message.into(),
+            field: field.map(str::to_owned),
         }
     }
 
     #[test]
     fn a_field_error_from_the_server_names_the_field_once() {
-        let mut status = Status::invalid_argument("memory_mb: must be at most 1024 (1 GiB)");
-        status
-            .metadata_mut()
-            .insert(FIELD_METADATA, MetadataValue::from_static("memory_mb"));
-        let e = CliError::from_status(&status);
+        let e = CliError::from_sdk(&api(
+            Code::InvalidArgument,
+            "must be at most 1024 (1 GiB)",
+            Some("memory_mb"),
+        ));
         assert_eq!(
             e.to_string(),
             "error: invalid_argument: must be at most 1024 (1 GiB) (field: memory_mb)"
@@ -176,24 +167,51 @@ mod tests {
 
     #[test]
     fn other_errors_have_no_field_and_exit_one() {
-        let e = CliError::from_status(&Status::not_found("job not found"));
+        let e = CliError::from_sdk(&api(Code::NotFound, "job not found", None));
         assert_eq!(e.to_string(), "error: not_found: job not found");
         assert_eq!(e.exit_code(), 1);
     }
 
     #[test]
-    fn a_multi_line_message_is_folded_into_one_line() {
-        let e = CliError::from_status(&Status::unavailable("connection\n  refused"));
-        assert_eq!(e.to_string(), "error: unavailable: connection refused");
+    fn failures_a_person_can_fix_say_how() {
+        let e = CliError::from_sdk(&api(
+            Code::Unauthenticated,
+            "unknown or revoked API key",
+            None,
+        ));
+        assert!(e.to_string().contains("--api-key, KAIROS_API_KEY"), "{e}");
+        let e = CliError::from_sdk(&Error::Connect {
+            endpoint: "http://127.0.0.1:1".into(),
+            reason: "tcp connect error".into(),
+        });
+        assert_eq!(
+            e.to_string(),
+            "error: unavailable: cannot connect to http://127.0.0.1:1: tcp connect error; is the API running there? set --endpoint or KAIROS_ENDPOINT"
+        );
+        assert_eq!(e.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_timeout_keeps_its_message_and_can_carry_its_own_exit_code() {
+        let e = CliError::from_sdk(&Error::Timeout {
+            run_id: "run_1".into(),
+            waited: std::time::Duration::from_secs(3),
+        })
+        .with_exit(6);
+        assert_eq!(
+            e.to_string(),
+            "error: deadline_exceeded: run run_1 had not ended after 3s"
+        );
+        assert_eq!(e.exit_code(), 6);
     }
 
     #[test]
     fn describe_finds_the_error_behind_anyhow() {
-        let status: anyhow::Error = Status::permission_denied("nope").into();
-        assert_eq!(describe(&status).code, "permission_denied");
+        let sdk: anyhow::Error = api(Code::PermissionDenied, "nope", None).into();
+        assert_eq!(describe(&sdk).code, "permission_denied");
         let ours: anyhow::Error = CliError::invalid("bad").with_field("x").into();
         assert_eq!(describe(&ours).field.as_deref(), Some("x"));
-        let other = anyhow::anyhow!("disk full");
+        let other = anyhow::anyhow!("disk\nfull");
         assert_eq!(describe(&other).to_string(), "error: unknown: disk full");
     }
 }

@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use kairos_domain::JobId;
 use kairos_proto::v1::{
-    CreateJobRequest, DeleteJobRequest, ExecuteJobRequest, GetJobRequest, Job, ListJobsRequest,
-    RetryPolicy, StringList, StringMap, UpdateJobRequest,
+    CreateJobRequest, ExecuteJobRequest, Job, RetryPolicy, StringList, StringMap, UpdateJobRequest,
 };
 use serde_json::{Value, json};
 
@@ -17,7 +16,7 @@ use super::{
     connect::job_client,
     error::CliError,
     output::{Column, Printer, Record, note, opt_time},
-    parse_key_value, runs, to_map,
+    page_or_all, parse_key_value, runs, to_map,
 };
 
 #[derive(Debug, Subcommand)]
@@ -32,7 +31,8 @@ pub enum JobsCommand {
     Update(UpdateArgs),
     /// Delete a job, its schedules, and cancel its pending runs.
     Delete { job_id: JobId },
-    /// Run a job now.
+    /// Run a job now (with --wait, until it ends).
+    #[command(after_help = runs::WAIT_EXIT_CODES)]
     Run(RunArgs),
 }
 
@@ -182,9 +182,12 @@ pub struct RunArgs {
     /// Env override KEY=VALUE for this run only (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub env: Vec<(String, String)>,
-    /// Then wait for the run to end, as `kairos runs wait` does (exit 0 only if it succeeded).
+    /// Then wait for the run to end, as `kairos runs wait` does (same exit codes).
     #[arg(long)]
     pub wait: bool,
+    /// With --wait: give up after this long (exit 6; the run goes on).
+    #[arg(long, requires = "wait", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_seconds: Option<u64>,
 }
 
 pub const COLUMNS: [Column; 7] = [
@@ -223,63 +226,48 @@ pub fn record(job: &Job) -> Record {
 }
 
 pub async fn run(cmd: JobsCommand, opts: &GlobalOpts, out: Printer) -> anyhow::Result<ExitCode> {
-    let mut client = job_client(opts).await?;
+    let client = job_client(opts)?;
     match cmd {
         JobsCommand::Create(args) => {
-            let job = client.create_job(args.request()).await?.into_inner();
+            let job = client.create_job(args.request()).await?;
             out.record(&record(&job))?;
         }
         JobsCommand::List(page) => {
-            let list = client
-                .list_jobs(ListJobsRequest {
-                    page_size: page.size(),
-                    page_token: page.token(),
-                })
-                .await?
-                .into_inner();
-            let rows: Vec<_> = list.jobs.iter().map(record).collect();
-            out.list("jobs", &rows, &COLUMNS, &list.next_page_token)?;
+            let (jobs, next) = page_or_all(
+                &page,
+                client.list_jobs(page.size(), page.token()),
+                client.jobs(page.size()),
+            )
+            .await?;
+            let rows: Vec<_> = jobs.iter().map(record).collect();
+            out.list("jobs", &rows, &COLUMNS, &next)?;
         }
         JobsCommand::Get { job_id } => {
-            let job = client
-                .get_job(GetJobRequest {
-                    job_id: job_id.to_string(),
-                })
-                .await?
-                .into_inner();
-            out.record(&record(&job))?;
+            out.record(&record(&client.get_job(job_id).await?))?;
         }
         JobsCommand::Update(args) => {
-            let job = client.update_job(args.request()?).await?.into_inner();
+            let job = client.update_job(args.request()?).await?;
             out.record(&record(&job))?;
         }
         JobsCommand::Delete { job_id } => {
-            client
-                .delete_job(DeleteJobRequest {
-                    job_id: job_id.to_string(),
-                })
-                .await?;
+            client.delete_job(job_id).await?;
             out.record(&deleted(&job_id.to_string()))?;
         }
         JobsCommand::Run(args) => {
-            let answer = client
-                .execute_job(ExecuteJobRequest {
+            let execution = client
+                .execute(ExecuteJobRequest {
                     job_id: args.job_id.to_string(),
                     idempotency_key: args.idempotency_key.clone(),
                     env: to_map(&args.env),
                 })
-                .await?
-                .into_inner();
-            let run = answer
-                .run
-                .ok_or_else(|| CliError::new("internal", "the server answered no run"))?;
-            if !answer.created {
+                .await?;
+            if !execution.created {
                 note("the idempotency key matched an earlier run; no new run was started");
             }
             if args.wait {
-                return runs::wait_for(&mut client, &run.id, runs::WaitArgs::DEFAULT, out).await;
+                return runs::wait_for(&client, &execution.run.id, args.timeout_seconds, out).await;
             }
-            out.record(&runs::record(&run))?;
+            out.record(&runs::record(&execution.run))?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,6 +1,7 @@
-//! The client half of `kairos`: commands that talk to a Kairos API over gRPC with an API key
-//! (or the admin token). It must never depend on `kairos-store` or `kairos-api`: it knows the
-//! server only through `kairos-proto`, and checks input with `kairos-domain` types.
+//! The client half of `kairos`: commands that talk to a Kairos API through the SDK
+//! (`kairos-sdk`) with an API key (or the admin token). It must never depend on `kairos-store`
+//! or `kairos-api`: it knows the server only through the SDK and `kairos-proto`, and checks
+//! input with `kairos-domain` types.
 
 mod connect;
 mod error;
@@ -10,29 +11,27 @@ mod runs;
 mod schedules;
 mod tenants;
 
-use std::{collections::BTreeMap, process::ExitCode};
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use prost_types::Timestamp;
 
 pub use error::report;
 pub use output::OutputFormat;
 
 /// Where the API is and who is calling; accepted anywhere on the command line.
+///
+/// The endpoint and the API key each come from the flag, else the variable, else the
+/// credentials file (which `kairos standalone` writes), else (endpoint only) the default.
 #[derive(Clone, Args)]
 #[command(next_help_heading = "Client options")]
 pub struct GlobalOpts {
-    /// gRPC endpoint of the Kairos API.
-    #[arg(
-        long,
-        global = true,
-        env = "KAIROS_ENDPOINT",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub endpoint: String,
+    /// gRPC endpoint of the Kairos API [default: the credentials file's, else
+    /// http://127.0.0.1:50051].
+    #[arg(long, global = true, env = "KAIROS_ENDPOINT")]
+    pub endpoint: Option<String>,
 
-    /// API key of the tenant (jobs, schedules, runs).
+    /// API key of the tenant (jobs, schedules, runs) [default: the credentials file's].
     #[arg(long, global = true, env = "KAIROS_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
@@ -44,6 +43,16 @@ pub struct GlobalOpts {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+
+    /// The credentials file [default: $XDG_CONFIG_HOME/kairos/credentials, else
+    /// ~/.config/kairos/credentials].
+    #[arg(
+        long,
+        global = true,
+        env = "KAIROS_CREDENTIALS_FILE",
+        value_name = "PATH"
+    )]
+    pub credentials_file: Option<PathBuf>,
 
     /// How to print results.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
@@ -60,6 +69,7 @@ impl std::fmt::Debug for GlobalOpts {
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("credentials_file", &self.credentials_file)
             .field("output", &self.output)
             .finish()
     }
@@ -98,21 +108,39 @@ pub async fn run_client(cmd: ClientCommand, opts: &GlobalOpts) -> anyhow::Result
 #[derive(Debug, Clone, Default, Args)]
 pub struct PageArgs {
     /// Items per page (server default 100, at most 1000).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1000))]
-    pub page_size: Option<i32>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub page_size: Option<u32>,
     /// The `next_page_token` of the previous page.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "all")]
     pub page_token: Option<String>,
+    /// Every page, one after the other, as one list.
+    #[arg(long)]
+    pub all: bool,
 }
 
 impl PageArgs {
-    pub fn size(&self) -> i32 {
+    pub fn size(&self) -> u32 {
         self.page_size.unwrap_or(0)
     }
 
     pub fn token(&self) -> String {
         self.page_token.clone().unwrap_or_default()
     }
+}
+
+/// The items a list command prints and the token of the page after them: one page as the
+/// flags ask, or with `--all` every page through the SDK's stream (no token after).
+pub async fn page_or_all<T>(
+    page: &PageArgs,
+    one: impl std::future::Future<Output = Result<kairos_sdk::Page<T>, kairos_sdk::Error>>,
+    every: kairos_sdk::ResultStream<T>,
+) -> Result<(Vec<T>, String), kairos_sdk::Error> {
+    use futures::TryStreamExt;
+    if page.all {
+        return Ok((every.try_collect().await?, String::new()));
+    }
+    let page = one.await?;
+    Ok((page.items, page.next_page_token.unwrap_or_default()))
 }
 
 /// Parses `KEY=VALUE` (the value may contain `=` and be empty).
@@ -133,17 +161,11 @@ pub fn to_map(pairs: &[(String, String)]) -> BTreeMap<String, String> {
     pairs.iter().cloned().collect()
 }
 
-/// The protobuf form of a UTC time.
-pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        // Always below 2·10⁹ (leap seconds at most), so it fits an i32.
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use kairos_sdk::time::timestamp;
+    use prost_types::Timestamp;
+
     use super::*;
 
     #[test]
@@ -173,9 +195,10 @@ mod tests {
     #[test]
     fn debug_output_never_shows_credentials() {
         let opts = GlobalOpts {
-            endpoint: "http://x".into(),
+            endpoint: Some("http://x".into()),
             api_key: Some("k_secret".into()),
             admin_token: Some("adm_secret".into()),
+            credentials_file: None,
             output: OutputFormat::Json,
         };
         let shown = format!("{opts:?}");

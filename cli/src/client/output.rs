@@ -4,8 +4,8 @@
 
 use std::io::{self, Write};
 
-use chrono::{DateTime, SecondsFormat};
 use clap::ValueEnum;
+pub use kairos_sdk::time::rfc3339 as time;
 use prost_types::Timestamp;
 use serde_json::{Map, Value};
 
@@ -81,15 +81,6 @@ impl Column {
             Column::Field(_, key) => record.get(key).map_or_else(|| "-".to_owned(), inline),
             Column::Computed(_, f) => f(record),
         }
-    }
-}
-
-/// RFC 3339 in UTC with a `Z` and only as many fraction digits as needed, like the REST API.
-pub fn time(ts: &Timestamp) -> String {
-    let nanos = u32::try_from(ts.nanos).unwrap_or(0);
-    match DateTime::from_timestamp(ts.seconds, nanos) {
-        Some(t) => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        None => format!("{}s", ts.seconds),
     }
 }
 
@@ -297,20 +288,6 @@ mod tests {
             .with("name", name)
             .with_opt("schedule_id", None::<String>)
             .with("memory_mb", 256)
-    }
-
-    #[test]
-    fn times_are_rfc3339_utc_with_only_the_fraction_they_need() {
-        let t = Timestamp {
-            seconds: 1_769_850_000,
-            nanos: 0,
-        };
-        assert_eq!(time(&t), "2026-01-31T09:00:00Z");
-        let t = Timestamp {
-            seconds: 1_769_850_000,
-            nanos: 250_000_000,
-        };
-        assert_eq!(time(&t), "2026-01-31T09:00:00.250Z");
     }
 
     #[test]

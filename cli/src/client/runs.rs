@@ -4,19 +4,39 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Args, Subcommand};
+use futures::StreamExt;
 use kairos_domain::{JobId, RunId, RunState, ScheduleId};
-use kairos_proto::v1::{
-    CancelRunRequest, GetRunLogsRequest, GetRunRequest, ListRunEventsRequest, ListRunsRequest, Run,
-    RunEvent, WatchRunRequest,
-};
+use kairos_proto::v1::{Run, RunEvent};
+use kairos_sdk::{Client, RunFilter};
 use serde_json::Value;
 
 use super::{
-    GlobalOpts, PageArgs,
-    connect::{JobClient, job_client},
-    error::{CliError, EXIT_FAILURE},
+    GlobalOpts, OutputFormat, PageArgs,
+    connect::job_client,
+    error::CliError,
     output::{Column, Printer, Record, emit, note, opt_time},
+    page_or_all,
 };
+
+/// Exit code of `runs wait` (and `jobs run --wait`) when the run failed.
+pub const EXIT_RUN_FAILED: u8 = 3;
+/// … when the run was cancelled.
+pub const EXIT_RUN_CANCELLED: u8 = 4;
+/// … when the run was skipped (overlap or missed).
+pub const EXIT_RUN_SKIPPED: u8 = 5;
+/// … when the wait gave up (`--timeout-seconds`) before the run ended.
+pub const EXIT_WAIT_TIMEOUT: u8 = 6;
+
+/// The exit codes of a wait, for `--help`.
+pub const WAIT_EXIT_CODES: &str = "\
+Exit codes:
+  0  the run succeeded
+  1  the wait itself failed (server unreachable, run not found, ...)
+  2  bad input
+  3  the run failed
+  4  the run was cancelled
+  5  the run was skipped
+  6  --timeout-seconds passed before the run ended (it goes on)";
 
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
@@ -26,14 +46,15 @@ pub enum RunsCommand {
     Get { run_id: RunId },
     /// Cancel a run that has not ended.
     Cancel { run_id: RunId },
-    /// Print a run's log tail.
-    Logs { run_id: RunId },
+    /// Print a run's output (the stored, size-capped tail); --follow prints it as it grows.
+    Logs(LogsArgs),
     /// List a run's state transitions.
     Events { run_id: RunId },
     /// Stream a run's transitions until it ends.
     Watch { run_id: RunId },
-    /// Poll a run until it ends; exit 0 only if it succeeded.
-    Wait(WaitCommand),
+    /// Follow a run's transitions as they happen until it ends; exit 0 only if it succeeded.
+    #[command(after_help = WAIT_EXIT_CODES)]
+    Wait(WaitArgs),
 }
 
 #[derive(Debug, Args)]
@@ -52,29 +73,34 @@ pub struct ListArgs {
     pub page: PageArgs,
 }
 
-#[derive(Debug, Args)]
-pub struct WaitCommand {
-    pub run_id: RunId,
-    #[command(flatten)]
-    pub wait: WaitArgs,
+impl ListArgs {
+    fn filter(&self) -> RunFilter {
+        RunFilter {
+            job_id: self.job_id.map(|id| id.to_string()),
+            schedule_id: self.schedule_id.map(|id| id.to_string()),
+            state: self.state,
+        }
+    }
 }
 
-/// How `wait` polls.
-#[derive(Debug, Clone, Copy, Args)]
+#[derive(Debug, Args)]
 pub struct WaitArgs {
-    /// Time between polls, in milliseconds.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
-    pub interval_ms: u64,
-    /// Give up (exit 1) when the run has not ended after this long.
-    #[arg(long)]
+    pub run_id: RunId,
+    /// Give up after this long (exit 6; the run goes on).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_seconds: Option<u64>,
 }
 
-impl WaitArgs {
-    pub const DEFAULT: WaitArgs = WaitArgs {
-        interval_ms: 1000,
-        timeout_seconds: None,
-    };
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub run_id: RunId,
+    /// Keep printing new output until the run ends.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// With --follow: time between polls, in milliseconds.
+    #[arg(long, default_value_t = 1000, requires = "follow",
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub interval_ms: u64,
 }
 
 fn parse_state(raw: &str) -> Result<RunState, String> {
@@ -158,137 +184,136 @@ pub fn state_line(run: &Run) -> String {
     line
 }
 
-fn is_terminal(state: &str) -> bool {
-    RunState::parse(state).is_some_and(RunState::is_terminal)
-}
-
-/// Polls the run, printing each state it is seen in, until it ends. Exit 0 if it succeeded,
-/// 1 if it ended otherwise; a timeout is an error (`deadline_exceeded`).
-pub async fn wait_for(
-    client: &mut JobClient,
-    run_id: &str,
-    args: WaitArgs,
-    out: Printer,
-) -> anyhow::Result<ExitCode> {
-    let mut last_state = String::new();
-    let poll = async {
-        loop {
-            let run = client
-                .get_run(GetRunRequest {
-                    run_id: run_id.to_owned(),
-                })
-                .await?
-                .into_inner();
-            if run.state != last_state {
-                out.stream_item(&record(&run), &state_line(&run))?;
-                last_state.clone_from(&run.state);
-            }
-            if is_terminal(&run.state) {
-                let succeeded = run.state == RunState::Succeeded.as_str();
-                return anyhow::Ok(if succeeded {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(EXIT_FAILURE)
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
-        }
-    };
-    match args.timeout_seconds {
-        None => poll.await,
-        Some(secs) => match tokio::time::timeout(Duration::from_secs(secs), poll).await {
-            Ok(result) => result,
-            Err(_) => Err(CliError::new(
-                "deadline_exceeded",
-                format!("run {run_id} had not ended after {secs}s"),
-            )
-            .into()),
-        },
+/// The exit code of a wait that saw the run end in `state`.
+pub fn exit_code_of(state: &str) -> u8 {
+    match RunState::parse(state) {
+        Some(RunState::Succeeded) => 0,
+        Some(RunState::Cancelled) => EXIT_RUN_CANCELLED,
+        Some(RunState::Skipped) => EXIT_RUN_SKIPPED,
+        _ => EXIT_RUN_FAILED,
     }
 }
 
-pub async fn run(cmd: RunsCommand, opts: &GlobalOpts, out: Printer) -> anyhow::Result<ExitCode> {
-    let mut client = job_client(opts).await?;
-    match cmd {
-        RunsCommand::List(args) => {
-            let list = client
-                .list_runs(ListRunsRequest {
-                    job_id: args.job_id.map(|id| id.to_string()),
-                    schedule_id: args.schedule_id.map(|id| id.to_string()),
-                    state: args.state.map(|s| s.as_str().to_owned()),
-                    page_size: args.page.size(),
-                    page_token: args.page.token(),
-                })
-                .await?
-                .into_inner();
-            let rows: Vec<_> = list.runs.iter().map(record).collect();
-            out.list("runs", &rows, &COLUMNS, &list.next_page_token)?;
-        }
-        RunsCommand::Get { run_id } => {
-            let run = client
-                .get_run(GetRunRequest {
-                    run_id: run_id.to_string(),
-                })
-                .await?
-                .into_inner();
-            out.record(&record(&run))?;
-        }
-        RunsCommand::Cancel { run_id } => {
-            let run = client
-                .cancel_run(CancelRunRequest {
-                    run_id: run_id.to_string(),
-                })
-                .await?
-                .into_inner();
-            out.record(&record(&run))?;
-        }
-        RunsCommand::Logs { run_id } => {
-            let logs = client
-                .get_run_logs(GetRunLogsRequest {
-                    run_id: run_id.to_string(),
-                })
-                .await?
-                .into_inner();
-            match out.format {
-                super::OutputFormat::Table => {
-                    if logs.truncated {
-                        note("the log was longer than the cap: only its tail is kept");
-                    }
-                    emit(&logs.content)?;
+/// Follows the run's transitions (WatchRun) until it ends, printing each as it happens (to
+/// stdout in a table, to stderr with `--output json`, whose stdout is the ended run), then the
+/// run as it ended. The exit code says how it ended (see [`WAIT_EXIT_CODES`]).
+pub async fn wait_for(
+    client: &Client,
+    run_id: &str,
+    timeout_seconds: Option<u64>,
+    out: Printer,
+) -> anyhow::Result<ExitCode> {
+    // No timeout: as long as the longest run may last (24 h) and then some.
+    let timeout = Duration::from_secs(timeout_seconds.unwrap_or(2 * 24 * 3600));
+    let mut shown: anyhow::Result<()> = Ok(());
+    let ended = client
+        .wait_for_run_with(run_id, timeout, |event| {
+            let line = event_line(event);
+            let printed = match out.format {
+                OutputFormat::Table => emit(&format!("{line}\n")),
+                OutputFormat::Json => {
+                    eprintln!("{line}");
+                    Ok(())
                 }
-                super::OutputFormat::Json => out.json(
-                    &Record::new()
-                        .with("run_id", logs.run_id)
-                        .with("content", logs.content)
-                        .with("truncated", Value::Bool(logs.truncated))
-                        .to_json(),
-                )?,
+            };
+            if shown.is_ok() {
+                shown = printed;
+            }
+        })
+        .await;
+    shown?;
+    let run = match ended {
+        Ok(run) => run,
+        Err(e @ kairos_sdk::Error::Timeout { .. }) => {
+            return Err(CliError::from_sdk(&e).with_exit(EXIT_WAIT_TIMEOUT).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match out.format {
+        OutputFormat::Table => emit(&format!("{}\n", state_line(&run)))?,
+        OutputFormat::Json => out.record(&record(&run))?,
+    }
+    Ok(ExitCode::from(exit_code_of(&run.state)))
+}
+
+/// Prints the run's output: the stored tail, or with `--follow` each new part as it appears
+/// until the run ends.
+async fn logs(client: &Client, args: LogsArgs, out: Printer) -> anyhow::Result<()> {
+    if !args.follow {
+        let logs = client.run_logs(args.run_id).await?;
+        return match out.format {
+            OutputFormat::Table => {
+                if logs.truncated {
+                    note("the output was longer than the cap: only its tail is kept");
+                }
+                emit(&logs.content)
+            }
+            OutputFormat::Json => out.json(
+                &Record::new()
+                    .with("run_id", logs.run_id)
+                    .with("content", logs.content)
+                    .with("truncated", Value::Bool(logs.truncated))
+                    .to_json(),
+            ),
+        };
+    }
+    let mut chunks = client.follow_logs(args.run_id, Duration::from_millis(args.interval_ms));
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        match out.format {
+            OutputFormat::Table => {
+                if chunk.gap {
+                    note(
+                        "output was skipped: more was written between two polls than the stored tail keeps",
+                    );
+                }
+                emit(&chunk.text)?;
+            }
+            OutputFormat::Json => {
+                let line = Record::new()
+                    .with("run_id", args.run_id.to_string())
+                    .with("text", chunk.text)
+                    .with("gap", Value::Bool(chunk.gap));
+                out.stream_item(&line, "")?;
             }
         }
+    }
+    Ok(())
+}
+
+pub async fn run(cmd: RunsCommand, opts: &GlobalOpts, out: Printer) -> anyhow::Result<ExitCode> {
+    let client = job_client(opts)?;
+    match cmd {
+        RunsCommand::List(args) => {
+            let filter = args.filter();
+            let (runs, next) = page_or_all(
+                &args.page,
+                client.list_runs(&filter, args.page.size(), args.page.token()),
+                client.runs(filter.clone(), args.page.size()),
+            )
+            .await?;
+            let rows: Vec<_> = runs.iter().map(record).collect();
+            out.list("runs", &rows, &COLUMNS, &next)?;
+        }
+        RunsCommand::Get { run_id } => out.record(&record(&client.get_run(run_id).await?))?,
+        RunsCommand::Cancel { run_id } => {
+            out.record(&record(&client.cancel_run(run_id).await?))?;
+        }
+        RunsCommand::Logs(args) => logs(&client, args, out).await?,
         RunsCommand::Events { run_id } => {
-            let events = client
-                .list_run_events(ListRunEventsRequest {
-                    run_id: run_id.to_string(),
-                })
-                .await?
-                .into_inner()
-                .events;
+            let events = client.run_events(run_id).await?;
             let rows: Vec<_> = events.iter().map(event_record).collect();
             out.list("events", &rows, &EVENT_COLUMNS, "")?;
         }
         RunsCommand::Watch { run_id } => {
-            let mut stream = client
-                .watch_run(WatchRunRequest {
-                    run_id: run_id.to_string(),
-                })
-                .await?
-                .into_inner();
-            while let Some(event) = stream.message().await? {
+            let mut events = client.watch_run(run_id);
+            while let Some(event) = events.next().await {
+                let event = event?;
                 out.stream_item(&event_record(&event), &event_line(&event))?;
             }
         }
         RunsCommand::Wait(args) => {
-            return wait_for(&mut client, &args.run_id.to_string(), args.wait, out).await;
+            return wait_for(&client, &args.run_id.to_string(), args.timeout_seconds, out).await;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -345,21 +370,28 @@ mod tests {
     }
 
     #[test]
-    fn wait_takes_a_poll_interval_and_a_timeout() {
-        let RunsCommand::Wait(w) = parse(&[
-            "wait",
-            RUN,
-            "--interval-ms",
-            "250",
-            "--timeout-seconds",
-            "30",
-        ])
-        .unwrap() else {
+    fn wait_takes_a_timeout_and_logs_a_poll_interval_only_when_following() {
+        let RunsCommand::Wait(w) = parse(&["wait", RUN, "--timeout-seconds", "30"]).unwrap() else {
             panic!("not wait");
         };
-        assert_eq!(w.wait.interval_ms, 250);
-        assert_eq!(w.wait.timeout_seconds, Some(30));
-        assert!(parse(&["wait", RUN, "--interval-ms", "5"]).is_err());
+        assert_eq!(w.timeout_seconds, Some(30));
+        assert!(parse(&["wait", RUN, "--timeout-seconds", "0"]).is_err());
+        let RunsCommand::Logs(l) = parse(&["logs", RUN, "-f", "--interval-ms", "250"]).unwrap()
+        else {
+            panic!("not logs");
+        };
+        assert!(l.follow && l.interval_ms == 250);
+        assert!(parse(&["logs", RUN, "--interval-ms", "250"]).is_err());
+        assert!(parse(&["logs", RUN, "-f", "--interval-ms", "5"]).is_err());
+    }
+
+    #[test]
+    fn each_end_of_a_run_has_its_exit_code() {
+        assert_eq!(exit_code_of("succeeded"), 0);
+        assert_eq!(exit_code_of("failed"), EXIT_RUN_FAILED);
+        assert_eq!(exit_code_of("cancelled"), EXIT_RUN_CANCELLED);
+        assert_eq!(exit_code_of("skipped"), EXIT_RUN_SKIPPED);
+        assert!(WAIT_EXIT_CODES.contains("6  --timeout-seconds"));
     }
 
     #[test]
@@ -410,11 +442,5 @@ mod tests {
             ..event
         };
         assert!(event_line(&first).ends_with("  - -> scheduled"));
-    }
-
-    #[test]
-    fn only_the_final_states_end_a_wait() {
-        assert!(is_terminal("succeeded") && is_terminal("skipped"));
-        assert!(!is_terminal("running") && !is_terminal("a_future_state"));
     }
 }

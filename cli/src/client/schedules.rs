@@ -7,11 +7,8 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{ArgGroup, Args, Subcommand};
 use kairos_domain::{JobId, OverlapPolicy, ScheduleId};
-use kairos_proto::v1::{
-    BackfillScheduleRequest, CreateScheduleRequest, DeleteScheduleRequest, GetScheduleRequest,
-    ListSchedulesRequest, PauseScheduleRequest, ResumeScheduleRequest, Schedule,
-    TriggerScheduleRequest, UpdateScheduleRequest,
-};
+use kairos_proto::v1::{CreateScheduleRequest, Schedule, UpdateScheduleRequest};
+use kairos_sdk::time::timestamp;
 use serde_json::{Value, json};
 
 use super::{
@@ -20,7 +17,7 @@ use super::{
     error::CliError,
     jobs::deleted,
     output::{Column, Printer, Record, note, opt_time, time},
-    parse_time, runs, timestamp,
+    page_or_all, parse_time, runs,
 };
 
 #[derive(Debug, Subcommand)]
@@ -244,74 +241,41 @@ pub async fn run(
     opts: &GlobalOpts,
     out: Printer,
 ) -> anyhow::Result<ExitCode> {
-    let mut client = job_client(opts).await?;
+    let client = job_client(opts)?;
     let schedule = match cmd {
         SchedulesCommand::Create(args) => client.create_schedule(args.request()).await?,
         SchedulesCommand::List(args) => {
-            let list = client
-                .list_schedules(ListSchedulesRequest {
-                    job_id: args.job_id.map(|id| id.to_string()),
-                    page_size: args.page.size(),
-                    page_token: args.page.token(),
-                })
-                .await?
-                .into_inner();
-            let rows: Vec<_> = list.schedules.iter().map(record).collect();
-            out.list("schedules", &rows, &COLUMNS, &list.next_page_token)?;
+            let job_id = args.job_id.map(|id| id.to_string());
+            let (schedules, next) = page_or_all(
+                &args.page,
+                client.list_schedules(job_id.as_deref(), args.page.size(), args.page.token()),
+                client.schedules(job_id.clone(), args.page.size()),
+            )
+            .await?;
+            let rows: Vec<_> = schedules.iter().map(record).collect();
+            out.list("schedules", &rows, &COLUMNS, &next)?;
             return Ok(ExitCode::SUCCESS);
         }
-        SchedulesCommand::Get { schedule_id } => {
-            client
-                .get_schedule(GetScheduleRequest {
-                    schedule_id: schedule_id.to_string(),
-                })
-                .await?
-        }
+        SchedulesCommand::Get { schedule_id } => client.get_schedule(schedule_id).await?,
         SchedulesCommand::Update(args) => client.update_schedule(args.request()?).await?,
         SchedulesCommand::Delete { schedule_id } => {
-            client
-                .delete_schedule(DeleteScheduleRequest {
-                    schedule_id: schedule_id.to_string(),
-                })
-                .await?;
+            client.delete_schedule(schedule_id).await?;
             out.record(&deleted(&schedule_id.to_string()))?;
             return Ok(ExitCode::SUCCESS);
         }
         SchedulesCommand::Pause { schedule_id, note } => {
-            client
-                .pause_schedule(PauseScheduleRequest {
-                    schedule_id: schedule_id.to_string(),
-                    note,
-                })
-                .await?
+            client.pause_schedule(schedule_id, note.as_deref()).await?
         }
-        SchedulesCommand::Resume { schedule_id } => {
-            client
-                .resume_schedule(ResumeScheduleRequest {
-                    schedule_id: schedule_id.to_string(),
-                })
-                .await?
-        }
+        SchedulesCommand::Resume { schedule_id } => client.resume_schedule(schedule_id).await?,
         SchedulesCommand::Trigger { schedule_id } => {
-            let run = client
-                .trigger_schedule(TriggerScheduleRequest {
-                    schedule_id: schedule_id.to_string(),
-                })
-                .await?
-                .into_inner();
+            let run = client.trigger_schedule(schedule_id).await?;
             out.record(&runs::record(&run))?;
             return Ok(ExitCode::SUCCESS);
         }
         SchedulesCommand::Backfill(args) => {
             let answer = client
-                .backfill_schedule(BackfillScheduleRequest {
-                    schedule_id: args.schedule_id.to_string(),
-                    from: Some(timestamp(args.from)),
-                    to: Some(timestamp(args.to)),
-                    dry_run: args.dry_run,
-                })
-                .await?
-                .into_inner();
+                .backfill_schedule(args.schedule_id, args.from, args.to, args.dry_run)
+                .await?;
             let fire_times: Vec<String> = answer.fire_times.iter().map(time).collect();
             let runs: Vec<_> = answer.runs.iter().map(runs::record).collect();
             match out.format {
@@ -342,7 +306,7 @@ pub async fn run(
             return Ok(ExitCode::SUCCESS);
         }
     };
-    out.record(&record(&schedule.into_inner()))?;
+    out.record(&record(&schedule))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,13 +4,12 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use kairos_proto::v1::{CreateTenantRequest, CreateTenantResponse, Tenant};
+use kairos_proto::v1::Tenant;
 use serde_json::json;
 
 use super::{
     GlobalOpts, OutputFormat,
-    connect::tenant_client,
-    error::CliError,
+    connect::admin_client,
     output::{Printer, Record, note, opt_time},
 };
 
@@ -33,26 +32,20 @@ pub fn record(tenant: &Tenant) -> Record {
 }
 
 /// The REST body of `POST /v1/tenants`: `{"tenant": {...}, "api_key": "..."}`.
-pub fn created_json(answer: &CreateTenantResponse, tenant: &Tenant) -> serde_json::Value {
-    json!({"tenant": record(tenant).to_json(), "api_key": answer.api_key})
+pub fn created_json(tenant: &Tenant, api_key: &str) -> serde_json::Value {
+    json!({"tenant": record(tenant).to_json(), "api_key": api_key})
 }
 
 pub async fn run(cmd: TenantsCommand, opts: &GlobalOpts, out: Printer) -> anyhow::Result<ExitCode> {
-    let mut client = tenant_client(opts).await?;
+    let client = admin_client(opts)?;
     match cmd {
         TenantsCommand::Create { name } => {
-            let answer = client
-                .create_tenant(CreateTenantRequest { name })
-                .await?
-                .into_inner();
-            let tenant = answer
-                .tenant
-                .clone()
-                .ok_or_else(|| CliError::new("internal", "the server answered no tenant"))?;
+            let created = client.create_tenant(name).await?;
+            let key = created.api_key.expose();
             match out.format {
-                OutputFormat::Json => out.json(&created_json(&answer, &tenant))?,
+                OutputFormat::Json => out.json(&created_json(&created.tenant, key))?,
                 OutputFormat::Table => {
-                    out.record(&record(&tenant).with("api_key", answer.api_key.as_str()))?;
+                    out.record(&record(&created.tenant).with("api_key", key))?;
                     note("keep the API key now: it is stored hashed and never shown again");
                 }
             }
@@ -93,12 +86,8 @@ mod tests {
                 nanos: 0,
             }),
         };
-        let answer = CreateTenantResponse {
-            tenant: Some(tenant.clone()),
-            api_key: "k_1".into(),
-        };
         assert_eq!(
-            created_json(&answer, &tenant),
+            created_json(&tenant, "k_1"),
             json!({
                 "tenant": {"id": "ten_1", "name": "acme", "created_at": "2026-01-31T09:00:00Z"},
                 "api_key": "k_1"

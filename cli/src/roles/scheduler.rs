@@ -1,7 +1,8 @@
 //! `kairos scheduler`: a scheduler node. Claims shards in etcd, fires their schedules, and
 //! serves workers over `WorkerService`. Configured by `KAIROS_DATABASE_URL`,
 //! `KAIROS_ETCD_ENDPOINTS`, `KAIROS_NODE_ID`, `KAIROS_GRPC_ADDR`, `KAIROS_LEASE_TTL_SECONDS`,
-//! `KAIROS_WORKER_TOKEN` and `KAIROS_METRICS_ADDR`.
+//! `KAIROS_WORKER_TOKEN` and `KAIROS_METRICS_ADDR` (plus tuning: `KAIROS_HORIZON_SECONDS`,
+//! `KAIROS_RESCAN_SECONDS`, `KAIROS_WORKER_LOST_SECONDS`, `KAIROS_LOOKAHEAD_MS`).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -55,6 +56,11 @@ pub struct SchedulerArgs {
     /// A running run whose worker is silent this long fails with worker_lost (seconds).
     #[arg(long, env = "KAIROS_WORKER_LOST_SECONDS", default_value_t = 15)]
     pub worker_lost_seconds: u64,
+    /// Scheduled runs are offered to a worker this long before their fire (milliseconds), so
+    /// the worker prepares them (pulls, creates the container) and the fire only starts them;
+    /// 0 offers runs only once they are due.
+    #[arg(long, env = "KAIROS_LOOKAHEAD_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub lookahead_ms: u64,
 }
 
 pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
@@ -80,6 +86,7 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
             worker_token: args.worker_token,
             lost_after: Duration::from_secs(args.worker_lost_seconds),
             ack_timeout: Duration::from_secs(10),
+            lookahead: Duration::from_millis(args.lookahead_ms),
         },
     };
     let shutdown = shutdown::on_signal().context("cannot install signal handlers")?;

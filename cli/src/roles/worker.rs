@@ -43,7 +43,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "KAIROS_WORKER_ID")]
     pub worker_id: Option<String>,
     /// Runs executed at once.
-    #[arg(long, env = "KAIROS_WORKER_SLOTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "KAIROS_WORKER_SLOTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub slots: u32,
     /// How runs are started.
     #[arg(long, env = "KAIROS_RUNTIME", value_enum, default_value = "docker")]

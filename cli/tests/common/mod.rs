@@ -16,6 +16,8 @@ pub const WORKER_TOKEN: &str = "cluster-worker-token";
 
 pub struct Cluster {
     pub http: String,
+    /// The API's gRPC URL (what the CLI and the SDK call).
+    pub grpc: String,
     /// `/metrics` URL of each scheduler, by index.
     pub metrics: Vec<String>,
     pub key: String,
@@ -59,11 +61,11 @@ pub async fn cluster_with(
 ) -> Cluster {
     let endpoints = etcd.endpoints().join(",");
     let prefix = etcd.key_prefix().to_owned();
-    let http_port = free_port();
+    let (http_port, grpc_port) = (free_port(), free_port());
     let api_env = env(&[
         ("KAIROS_DATABASE_URL", db.url().to_owned()),
         ("KAIROS_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
-        ("KAIROS_GRPC_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("KAIROS_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
         ("KAIROS_ADMIN_TOKEN", ADMIN.to_owned()),
     ]);
     let api = KairosProcess::spawn(Path::new(BIN), &["api"], &api_env).unwrap();
@@ -130,6 +132,7 @@ pub async fn cluster_with(
     let key = tenant["api_key"].as_str().unwrap().to_owned();
     let cluster = Cluster {
         http,
+        grpc: format!("http://127.0.0.1:{grpc_port}"),
         metrics: metrics_urls,
         key,
         client,

@@ -6,22 +6,18 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use kairos_domain::{
-    Env, FailureReason, FieldError, RunId, RunState, RunTimeout, SkipReason, TenantId,
-};
+use kairos_domain::{Env, FailureReason, RunId, RunState, RunTimeout, SkipReason, TenantId};
 use uuid::Uuid;
 
 use super::PgStore;
 use super::events::{self, Transition};
 use super::fencing::{self, FencedTx};
+use super::firing;
 use super::rows::{JobRow, RunRow, job_columns, run_columns, shard_value};
 use crate::{
-    Assignment, FinishedRun, Job, PendingRun, Result, Run, RunOutcome, ShardLease, StoreError,
-    cap_log_tail,
+    Assignment, DueRun, FinishedRun, Job, LeasedRun, PendingRun, Result, Run, RunAck, RunOutcome,
+    RunReport, ShardLease, StoreError,
 };
-
-/// Longest worker id recorded with a run.
-const MAX_WORKER_ID_LEN: usize = 256;
 
 /// A run plus its job's timeout, as recovery and dispatch read it.
 #[derive(Debug, sqlx::FromRow)]
@@ -188,14 +184,46 @@ async fn move_runs(
         .collect())
 }
 
-/// `scheduled` → `queued`.
+/// `scheduled` → `queued` (the single-shard form of `firing::fire_runs`).
 #[tracing::instrument(skip_all, fields(shard = lease.shard().get(), token = lease.token(), runs = run_ids.len()))]
 pub(super) async fn queue_runs(
     store: &PgStore,
     lease: &ShardLease,
     run_ids: &[RunId],
 ) -> Result<Vec<RunId>> {
-    move_runs(store, lease, run_ids, RunState::Queued, None).await
+    let due: Vec<DueRun> = run_ids
+        .iter()
+        .map(|id| DueRun {
+            run: leased(lease, *id),
+            worker_id: None,
+        })
+        .collect();
+    if due.is_empty() {
+        fencing::begin(store, lease).await?.commit().await?;
+        return Ok(Vec::new());
+    }
+    let fired = firing::fire_runs(store, &due).await?;
+    fenced_or(lease, &fired.fenced)?;
+    Ok(fired.queued)
+}
+
+fn leased(lease: &ShardLease, id: RunId) -> LeasedRun {
+    LeasedRun {
+        lease: lease.clone(),
+        id,
+        fire_time: None,
+    }
+}
+
+/// `Fenced` if a batch of one lease came back fenced.
+fn fenced_or(lease: &ShardLease, fenced: &[kairos_domain::ShardId]) -> Result<()> {
+    if fenced.contains(&lease.shard()) {
+        return Err(StoreError::Fenced {
+            shard: lease.shard(),
+            token: lease.token(),
+        });
+    }
+    Ok(())
 }
 
 /// `scheduled` | `queued` → `skipped` with `reason`.
@@ -234,7 +262,8 @@ pub(super) async fn fail_lost_runs(
 }
 
 /// `queued` → `running` on `worker_id` if no cancel won the race and the run's schedule is
-/// still at the run's version (I4); answers what the worker needs, or `None`.
+/// still at the run's version (I4); answers what the worker needs, or `None`. The single-run
+/// form of `firing::ack_runs`, plus the read of the assignment.
 #[tracing::instrument(skip_all, fields(shard = lease.shard().get(), token = lease.token(), run_id = %run_id, worker_id))]
 pub(super) async fn ack_run(
     store: &PgStore,
@@ -242,86 +271,43 @@ pub(super) async fn ack_run(
     run_id: RunId,
     worker_id: &str,
 ) -> Result<Option<Assignment>> {
-    if worker_id.is_empty() || worker_id.len() > MAX_WORKER_ID_LEN {
-        return Err(FieldError::new(
-            "worker_id",
-            format!("must be 1 to {MAX_WORKER_ID_LEN} bytes"),
-        )
-        .into());
-    }
-    tracing::Span::current().record("worker_id", worker_id);
-    let mut tx = fencing::begin(store, lease).await?;
-    let found: Option<(DateTime<Utc>, Option<Uuid>, Option<i64>)> = sqlx::query_as(
-        "SELECT fire_time, schedule_id, schedule_version FROM runs WHERE id = $1 AND shard = $2",
-    )
-    .bind(run_id.as_uuid())
-    .bind(shard_value(lease.shard())?)
-    .fetch_optional(tx.conn())
-    .await?;
-    let (fire_time, schedule, version) = found.ok_or(StoreError::NotFound("run"))?;
-    if let Some(schedule) = schedule {
-        // FOR SHARE: an edit in flight either committed first (and the version moved) or waits
-        // for this ack, after which it sees the run running and leaves it.
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM schedules WHERE id = $1 FOR SHARE")
-                .bind(schedule)
-                .fetch_optional(tx.conn())
-                .await?;
-        if current.is_none() || current != version {
-            tracing::debug!(
-                ?version,
-                ?current,
-                "ack refused: the schedule changed or is gone"
-            );
-            return Ok(None);
-        }
-    }
-    let row: Option<RunRow> = sqlx::query_as(concat!(
-        "UPDATE runs SET state = 'running', worker_id = $3, started_at = now(), updated_at = now()
-         WHERE id = $1 AND fire_time = $2 AND state = 'queued' AND NOT cancel_requested
-         RETURNING ",
-        run_columns!()
-    ))
-    .bind(run_id.as_uuid())
-    .bind(fire_time)
-    .bind(worker_id)
-    .fetch_optional(tx.conn())
-    .await?;
-    let Some(row) = row else {
-        tracing::debug!("ack refused: the run is no longer queued");
-        return Ok(None);
-    };
-    let run = Run::try_from(row)?;
-    debug_assert!(RunState::Queued.can_move_to(run.state));
-    let job: Option<JobRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        job_columns!(),
-        " FROM jobs WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL"
-    ))
-    .bind(run.tenant_id.as_uuid())
-    .bind(run.job_id.as_uuid())
-    .fetch_optional(tx.conn())
-    .await?;
-    let Some(job) = job else {
-        // Rolled back: a deleted job's runs are cancelled by the delete itself.
-        tracing::debug!("ack refused: the job is deleted");
-        return Ok(None);
-    };
-    let assignment = assignment(run, Job::try_from(job)?, worker_id)?;
-    events::record(
-        tx.tx(),
-        assignment.tenant_id,
-        &[Transition {
-            run_id: run_id.as_uuid(),
-            fire_time,
-            from: Some(RunState::Queued),
-            to: RunState::Running,
-            reason: None,
+    let acked = firing::ack_runs(
+        store,
+        &[RunAck {
+            run: leased(lease, run_id),
+            worker_id: worker_id.to_owned(),
         }],
     )
     .await?;
-    tx.commit().await?;
-    Ok(Some(assignment))
+    fenced_or(lease, &acked.fenced)?;
+    tracing::Span::current().record("worker_id", worker_id);
+    let shard = shard_value(lease.shard())?;
+    let mut conn = store.pool().acquire().await?;
+    let row: Option<RunRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM runs WHERE id = $1 AND shard = $2"
+    ))
+    .bind(run_id.as_uuid())
+    .bind(shard)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let run = Run::try_from(row.ok_or(StoreError::NotFound("run"))?)?;
+    if !acked.started.contains(&run_id) {
+        tracing::debug!(state = %run.state, "ack refused");
+        return Ok(None);
+    }
+    let job: Option<JobRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(run.tenant_id.as_uuid())
+    .bind(run.job_id.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let job = job.ok_or_else(|| StoreError::Corrupt(format!("run {run_id}: its job is gone")))?;
+    Ok(Some(assignment(run, Job::try_from(job)?, worker_id)?))
 }
 
 /// The job's env overridden by the run's own (execute-now overrides).
@@ -359,7 +345,7 @@ fn assignment(run: Run, job: Job, worker_id: &str) -> Result<Assignment> {
 }
 
 /// `running` → the outcome's state, storing the exit code and the capped log tail. A run
-/// already terminal is left as it is (I3).
+/// already terminal is left as it is (I3). The single-run form of `firing::finish_runs`.
 #[tracing::instrument(skip_all, fields(shard = lease.shard().get(), token = lease.token(), run_id = %run_id, state = %outcome.state.run_state()))]
 pub(super) async fn finish_run(
     store: &PgStore,
@@ -367,67 +353,21 @@ pub(super) async fn finish_run(
     run_id: RunId,
     outcome: &RunOutcome,
 ) -> Result<FinishedRun> {
-    let to = outcome.state.run_state();
-    debug_assert!(RunState::Running.can_move_to(to));
-    let (log_tail, cut) = cap_log_tail(&outcome.log_tail);
-    let shard = shard_value(lease.shard())?;
-    let mut tx = fencing::begin(store, lease).await?;
-    let finished: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "UPDATE runs SET state = $3, reason = $4, exit_code = $5, log_tail = $6,
-             log_truncated = $7, finished_at = now(), updated_at = now()
-         WHERE id = $1 AND shard = $2 AND state = 'running'
-         RETURNING tenant_id, fire_time",
+    let finished = firing::finish_runs(
+        store,
+        &[RunReport {
+            run: leased(lease, run_id),
+            outcome: outcome.clone(),
+        }],
     )
-    .bind(run_id.as_uuid())
-    .bind(shard)
-    .bind(to.as_str())
-    .bind(outcome.state.reason())
-    .bind(outcome.exit_code)
-    .bind(&log_tail)
-    .bind(cut || outcome.log_truncated)
-    .fetch_optional(tx.conn())
     .await?;
-    if let Some((tenant, fire_time)) = finished {
-        events::record(
-            tx.tx(),
-            TenantId::from_uuid(tenant),
-            &[Transition {
-                run_id: run_id.as_uuid(),
-                fire_time,
-                from: Some(RunState::Running),
-                to,
-                reason: outcome.state.reason().map(str::to_owned),
-            }],
-        )
-        .await?;
-        tx.commit().await?;
-        return Ok(FinishedRun {
-            state: to,
-            applied: true,
-        });
-    }
-    let stored: Option<String> =
-        sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 AND shard = $2")
-            .bind(run_id.as_uuid())
-            .bind(shard)
-            .fetch_optional(tx.conn())
-            .await?;
-    let stored = parse_state(
-        run_id.as_uuid(),
-        &stored.ok_or(StoreError::NotFound("run"))?,
-    )?;
-    if stored.is_terminal() {
-        if stored != to {
-            tracing::debug!(stored = %stored, "late report ignored: the run already ended");
-        }
-        return Ok(FinishedRun {
-            state: stored,
-            applied: false,
-        });
-    }
-    Err(StoreError::FailedPrecondition(format!(
-        "run is {stored}, not running"
-    )))
+    fenced_or(lease, &finished.fenced)?;
+    finished
+        .results
+        .into_iter()
+        .next()
+        .map(|(_, result)| result)
+        .unwrap_or(Err(StoreError::NotFound("run")))
 }
 
 /// A state read back from `runs`.

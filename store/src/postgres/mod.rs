@@ -5,8 +5,10 @@
 mod dispatch;
 mod events;
 mod fencing;
+mod firing;
 mod jobs;
 mod listen;
+mod logs;
 mod offers;
 mod partitions;
 mod planning;
@@ -27,10 +29,11 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::{
-    Assignment, DueSchedule, FinishedRun, Job, Materialize, MaterializedRun, NewApiKey, NewRun,
-    NewSchedule, Offer, Page, PartitionReport, PendingRun, Result, Run, RunEvent, RunFilter,
-    RunLogs, RunOutcome, Schedule, ScheduleChange, SchedulerStore, ShardChange, ShardLease, Store,
-    Tenant,
+    AckedRuns, Assignment, DueRun, DueSchedule, FinishedRun, FinishedRuns, FiredRuns, Job,
+    LeasedRun, LiveLog, Materialize, MaterializedAcross, MaterializedRun, NewApiKey, NewRun,
+    NewSchedule, Offer, Page, PartitionReport, PendingRun, Result, Run, RunAck, RunEvent,
+    RunFilter, RunLogs, RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore,
+    ShardChange, ShardLease, Store, Tenant,
 };
 
 pub use partitions::DEFAULT_RETENTION_DAYS;
@@ -225,12 +228,40 @@ impl SchedulerStore for PgStore {
         &self,
         shards: &[ShardId],
         limit: u32,
-    ) -> Result<Vec<(ShardId, RunId)>> {
+    ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
         planning::queued_runs_across(self, shards, limit).await
+    }
+
+    async fn cancel_requested_across(
+        &self,
+        shards: &[ShardId],
+        limit: u32,
+    ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
+        planning::cancel_requested_across(self, shards, limit).await
     }
 
     async fn run_offers(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<Offer>> {
         offers::run_offers(self, lease, run_ids).await
+    }
+
+    async fn record_live_logs(&self, logs: &[LiveLog]) -> Result<Vec<ShardId>> {
+        logs::record_live_logs(self, logs).await
+    }
+
+    async fn offers_across(&self, runs: &[LeasedRun], upcoming: bool) -> Result<Vec<Offer>> {
+        offers::offers_across(self, runs, upcoming).await
+    }
+
+    async fn fire_runs(&self, due: &[DueRun]) -> Result<FiredRuns> {
+        firing::fire_runs(self, due).await
+    }
+
+    async fn ack_runs(&self, acks: &[RunAck]) -> Result<AckedRuns> {
+        firing::ack_runs(self, acks).await
+    }
+
+    async fn finish_runs(&self, reports: &[RunReport]) -> Result<FinishedRuns> {
+        firing::finish_runs(self, reports).await
     }
 
     async fn follow_changes(
@@ -260,6 +291,13 @@ impl SchedulerStore for PgStore {
         fires: &[Materialize],
     ) -> Result<Vec<MaterializedRun>> {
         planning::materialize(self, lease, fires).await
+    }
+
+    async fn materialize_across(
+        &self,
+        batches: &[(ShardLease, Vec<Materialize>)],
+    ) -> Result<MaterializedAcross> {
+        planning::materialize_across(self, batches).await
     }
 
     async fn shard_pending_runs(&self, lease: &ShardLease) -> Result<Vec<PendingRun>> {

@@ -1,6 +1,6 @@
-//! Offers: what a worker needs to start `queued` runs of a shard, read in one round trip
-//! before the ack. Reads only; the ack (`dispatch.rs`) is the decision and re-checks
-//! everything under its conditional update.
+//! Offers: what a worker needs to start runs, read in one round trip across shards before the
+//! ack (or, for upcoming runs, before the fire). Reads only, so no fence: the ack or the fire
+//! (`firing.rs`) is the decision and re-checks everything under its conditional update.
 
 use std::collections::{HashMap, HashSet};
 
@@ -9,31 +9,70 @@ use uuid::Uuid;
 
 use super::{
     PgStore, fencing,
+    firing::fire_range,
     rows::{JobRow, RunRow, job_columns, run_columns, shard_value},
 };
-use crate::{Job, Offer, Result, Run, ShardLease};
+use crate::{Job, LeasedRun, Offer, Result, Run, ShardLease};
 
+/// Offers for queued runs of one shard (the single-shard form of [`offers_across`]), refused
+/// with `Fenced` once the lease is superseded.
 #[tracing::instrument(skip_all, fields(shard = lease.shard().get(), runs = run_ids.len()))]
 pub(super) async fn run_offers(
     store: &PgStore,
     lease: &ShardLease,
     run_ids: &[RunId],
 ) -> Result<Vec<Offer>> {
-    if run_ids.is_empty() {
+    fencing::begin(store, lease).await?.commit().await?;
+    let runs: Vec<LeasedRun> = run_ids
+        .iter()
+        .map(|id| LeasedRun {
+            lease: lease.clone(),
+            id: *id,
+            fire_time: None,
+        })
+        .collect();
+    offers_across(store, &runs, false).await
+}
+
+/// What workers need to start these runs: those still `queued` (or, `upcoming`, also still
+/// `scheduled`), not cancel-requested, of a live job, among the runs of the leases' shards.
+#[tracing::instrument(skip_all, fields(runs = runs.len(), upcoming))]
+pub(super) async fn offers_across(
+    store: &PgStore,
+    runs: &[LeasedRun],
+    upcoming: bool,
+) -> Result<Vec<Offer>> {
+    if runs.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = run_ids.iter().map(RunId::as_uuid).collect();
-    let mut tx = fencing::begin(store, lease).await?;
-    let runs: Vec<RunRow> = sqlx::query_as(concat!(
+    let ids: Vec<Uuid> = runs.iter().map(|r| r.id.as_uuid()).collect();
+    let mut shards: Vec<i16> = runs
+        .iter()
+        .map(|r| shard_value(r.lease.shard()))
+        .collect::<Result<_>>()?;
+    shards.sort_unstable();
+    shards.dedup();
+    let states: &[&str] = if upcoming {
+        &["queued", "scheduled"]
+    } else {
+        &["queued"]
+    };
+    let range = fire_range(runs.iter());
+    let mut conn = store.pool().acquire().await?;
+    let rows: Vec<RunRow> = sqlx::query_as(concat!(
         "SELECT ",
         run_columns!(),
-        " FROM runs WHERE id = ANY($1) AND shard = $2 AND state = 'queued' AND NOT cancel_requested"
+        " FROM runs WHERE id = ANY($1) AND shard = ANY($2) AND state = ANY($3)
+            AND NOT cancel_requested AND fire_time >= $4 AND fire_time <= $5"
     ))
     .bind(&ids)
-    .bind(shard_value(lease.shard())?)
-    .fetch_all(tx.conn())
+    .bind(&shards)
+    .bind(states)
+    .bind(range.0)
+    .bind(range.1)
+    .fetch_all(&mut *conn)
     .await?;
-    let runs = runs
+    let runs = rows
         .into_iter()
         .map(Run::try_from)
         .collect::<Result<Vec<_>>>()?;
@@ -49,9 +88,9 @@ pub(super) async fn run_offers(
         " FROM jobs WHERE id = ANY($1) AND deleted_at IS NULL"
     ))
     .bind(&job_ids)
-    .fetch_all(tx.conn())
+    .fetch_all(&mut *conn)
     .await?;
-    tx.commit().await?;
+    drop(conn);
     let jobs: HashMap<JobId, Job> = jobs
         .into_iter()
         .map(|row| Job::try_from(row).map(|job| (job.id, job)))
@@ -74,5 +113,7 @@ fn offer(run: Run, job: &Job) -> Result<Offer> {
         timeout: job.spec.timeout,
         fire_time: run.fire_time,
         attempt: run.attempt,
+        tenant_id: run.tenant_id,
+        shard: run.shard,
     })
 }

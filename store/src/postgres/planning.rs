@@ -12,7 +12,10 @@ use super::events::{self, Transition};
 use super::fencing;
 use super::rows::{ScheduleRow, convert, schedule_columns, shard_value};
 use super::{PgStore, dispatch::parse_state};
-use crate::{DueSchedule, Materialize, MaterializedRun, Result, Schedule, ShardLease, StoreError};
+use crate::{
+    DueSchedule, Materialize, MaterializedAcross, MaterializedRun, Result, Schedule, ShardLease,
+    StoreError,
+};
 
 /// Unpaused schedules of the lease's shard due by `until`, earliest first.
 #[tracing::instrument(skip_all, fields(shard = lease.shard().get(), token = lease.token(), limit))]
@@ -67,49 +70,77 @@ struct LockedSchedule {
     id: Uuid,
     tenant_id: Uuid,
     job_id: Uuid,
+    shard: i16,
     version: i64,
     paused: bool,
 }
 
-/// Records the fires whose schedule is still at their version, in one fenced transaction: the
-/// runs (attempt 1, trigger `schedule`) with their creation events, and each schedule's
-/// `next_fire_at` moved forward. Answers the run of every fire kept, existing or new.
+/// Records the fires of one shard (the single-shard form of [`materialize_across`]).
 #[tracing::instrument(skip_all, fields(shard = lease.shard().get(), token = lease.token(), fires = fires.len()))]
 pub(super) async fn materialize(
     store: &PgStore,
     lease: &ShardLease,
     fires: &[Materialize],
 ) -> Result<Vec<MaterializedRun>> {
-    let mut tx = fencing::begin(store, lease).await?;
-    if fires.is_empty() {
-        return Ok(Vec::new());
+    let done = materialize_across(store, &[(lease.clone(), fires.to_vec())]).await?;
+    if done.fenced.contains(&lease.shard()) {
+        return Err(StoreError::Fenced {
+            shard: lease.shard(),
+            token: lease.token(),
+        });
     }
-    let shard = shard_value(lease.shard())?;
+    Ok(done.runs.into_iter().map(|(_, run)| run).collect())
+}
+
+/// Records the fires of many shards whose schedule is still at their version, in one fenced
+/// transaction: the runs (attempt 1, trigger `schedule`) with their creation events, and each
+/// schedule's `next_fire_at` moved forward. Answers the run of every fire kept, existing or
+/// new, and the shards whose lease was superseded (nothing of theirs is written).
+#[tracing::instrument(skip_all, fields(shards = batches.len()))]
+pub(super) async fn materialize_across(
+    store: &PgStore,
+    batches: &[(ShardLease, Vec<Materialize>)],
+) -> Result<MaterializedAcross> {
+    let mut batch = fencing::begin_many(store, batches.iter().map(|(lease, _)| lease)).await?;
+    // Each fire with the shard whose lease it came with; fires of superseded leases are left.
+    let fires: Vec<(i16, &Materialize)> = batches
+        .iter()
+        .filter(|(lease, _)| batch.holds(lease))
+        .map(|(lease, fires)| shard_value(lease.shard()).map(|shard| (shard, fires)))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flat_map(|(shard, fires)| fires.iter().map(move |f| (shard, f)))
+        .collect();
+    if fires.is_empty() {
+        return Ok(MaterializedAcross {
+            runs: Vec::new(),
+            fenced: batch.commit().await?,
+        });
+    }
 
     // Lock the schedules (in id order, against deadlocks) so that an edit, pause or delete
     // either committed before (its version shows and the fires are dropped) or waits until
     // this commits (and then cancels the runs written here, I4).
-    let mut schedule_ids: Vec<Uuid> = fires.iter().map(|f| f.schedule_id.as_uuid()).collect();
+    let mut schedule_ids: Vec<Uuid> = fires.iter().map(|(_, f)| f.schedule_id.as_uuid()).collect();
     schedule_ids.sort_unstable();
     schedule_ids.dedup();
     let locked: Vec<LockedSchedule> = sqlx::query_as(
-        "SELECT id, tenant_id, job_id, version, paused FROM schedules
-         WHERE id = ANY($1) AND shard = $2
+        "SELECT id, tenant_id, job_id, shard, version, paused FROM schedules
+         WHERE id = ANY($1)
          ORDER BY id
          FOR NO KEY UPDATE",
     )
     .bind(&schedule_ids)
-    .bind(shard)
-    .fetch_all(tx.conn())
+    .fetch_all(batch.tx.conn())
     .await?;
     let locked: HashMap<Uuid, LockedSchedule> = locked.into_iter().map(|s| (s.id, s)).collect();
 
     let mut seen = HashSet::new();
     let mut kept: Vec<(&Materialize, LockedSchedule)> = fires
         .iter()
-        .filter_map(|f| {
+        .filter_map(|(shard, f)| {
             let s = locked.get(&f.schedule_id.as_uuid())?;
-            (s.version == f.schedule_version && !s.paused).then_some((f, *s))
+            (s.shard == *shard && s.version == f.schedule_version && !s.paused).then_some((*f, *s))
         })
         .filter(|(f, _)| seen.insert((f.schedule_id, f.fire_time)))
         .collect();
@@ -128,6 +159,7 @@ pub(super) async fn materialize(
     let mut jobs = Vec::with_capacity(n);
     let mut schedules = Vec::with_capacity(n);
     let mut versions = Vec::with_capacity(n);
+    let mut shards = Vec::with_capacity(n);
     let mut fire_times = Vec::with_capacity(n);
     let mut states = Vec::with_capacity(n);
     let mut reasons = Vec::with_capacity(n);
@@ -137,36 +169,37 @@ pub(super) async fn materialize(
         jobs.push(s.job_id);
         schedules.push(s.id);
         versions.push(s.version);
+        shards.push(s.shard);
         fire_times.push(f.fire_time);
         states.push(f.state.run_state().as_str());
         reasons.push(f.state.reason());
     }
     // I1: the unique (schedule_id, fire_time, attempt) key makes a repeated call (after a
     // timeout, a crash, or by a node that lost the shard in between) create nothing.
-    let inserted: Vec<(Uuid, Uuid, Uuid, DateTime<Utc>, String)> = sqlx::query_as(
+    let inserted: Vec<(Uuid, Uuid, Uuid, i16, DateTime<Utc>, String)> = sqlx::query_as(
         "INSERT INTO runs (id, tenant_id, job_id, schedule_id, schedule_version, shard, trigger,
              attempt, fire_time, state, reason, finished_at)
-         SELECT f.id, f.tenant_id, f.job_id, f.schedule_id, f.version, $9, $10, 1, f.fire_time,
-                f.state, f.reason, CASE WHEN f.state = 'skipped' THEN now() END
+         SELECT f.id, f.tenant_id, f.job_id, f.schedule_id, f.version, f.shard, $10, 1,
+                f.fire_time, f.state, f.reason, CASE WHEN f.state = 'skipped' THEN now() END
          FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[],
-                     $6::timestamptz[], $7::text[], $8::text[])
-              WITH ORDINALITY AS f(id, tenant_id, job_id, schedule_id, version, fire_time, state,
-                                   reason, n)
+                     $6::smallint[], $7::timestamptz[], $8::text[], $9::text[])
+              WITH ORDINALITY AS f(id, tenant_id, job_id, schedule_id, version, shard,
+                                   fire_time, state, reason, n)
          ORDER BY f.n
          ON CONFLICT (schedule_id, fire_time, attempt) DO NOTHING
-         RETURNING id, tenant_id, schedule_id, fire_time, state",
+         RETURNING id, tenant_id, schedule_id, shard, fire_time, state",
     )
     .bind(&ids)
     .bind(&tenants)
     .bind(&jobs)
     .bind(&schedules)
     .bind(&versions)
+    .bind(&shards)
     .bind(&fire_times)
     .bind(&states)
     .bind(&reasons)
-    .bind(shard)
     .bind(Trigger::Schedule.as_str())
-    .fetch_all(tx.conn())
+    .fetch_all(batch.tx.conn())
     .await?;
 
     let mut runs = Vec::with_capacity(n);
@@ -175,7 +208,7 @@ pub(super) async fn materialize(
         .iter()
         .map(|(f, _)| ((f.schedule_id.as_uuid(), f.fire_time), f.state.reason()))
         .collect();
-    for (id, tenant, schedule, fire_time, state) in inserted {
+    for (id, tenant, schedule, shard, fire_time, state) in inserted {
         let state = parse_state(id, &state)?;
         created.push((
             TenantId::from_uuid(tenant),
@@ -190,23 +223,26 @@ pub(super) async fn materialize(
                     .map(str::to_owned),
             },
         ));
-        runs.push(MaterializedRun {
-            id: RunId::from_uuid(id),
-            schedule_id: ScheduleId::from_uuid(schedule),
-            fire_time,
-            state,
-            created: true,
-        });
+        runs.push((
+            shard_id(shard)?,
+            MaterializedRun {
+                id: RunId::from_uuid(id),
+                schedule_id: ScheduleId::from_uuid(schedule),
+                fire_time,
+                state,
+                created: true,
+            },
+        ));
     }
     created.sort_by_key(|(_, t)| (t.fire_time, t.run_id));
-    events::record_across_tenants(tx.tx(), &created).await?;
+    events::record_across_tenants(batch.tx.tx(), &created).await?;
 
     if runs.len() < n {
         // Fires that had their run already: answer it, so a retried call loses nothing.
         let (schedules, fire_times): (Vec<Uuid>, Vec<DateTime<Utc>>) =
-            reason_of.into_keys().unzip();
-        let existing: Vec<(Uuid, Uuid, DateTime<Utc>, String)> = sqlx::query_as(
-            "SELECT r.id, r.schedule_id, r.fire_time, r.state
+            reason_of.keys().copied().unzip();
+        let existing: Vec<(Uuid, Uuid, i16, DateTime<Utc>, String)> = sqlx::query_as(
+            "SELECT r.id, r.schedule_id, r.shard, r.fire_time, r.state
              FROM runs r
              JOIN UNNEST($1::uuid[], $2::timestamptz[]) AS f(schedule_id, fire_time)
                ON r.schedule_id = f.schedule_id AND r.fire_time = f.fire_time
@@ -214,36 +250,45 @@ pub(super) async fn materialize(
         )
         .bind(&schedules)
         .bind(&fire_times)
-        .fetch_all(tx.conn())
+        .fetch_all(batch.tx.conn())
         .await?;
-        for (id, schedule, fire_time, state) in existing {
-            runs.push(MaterializedRun {
-                id: RunId::from_uuid(id),
-                schedule_id: ScheduleId::from_uuid(schedule),
-                fire_time,
-                state: parse_state(id, &state)?,
-                created: false,
-            });
+        for (id, schedule, shard, fire_time, state) in existing {
+            runs.push((
+                shard_id(shard)?,
+                MaterializedRun {
+                    id: RunId::from_uuid(id),
+                    schedule_id: ScheduleId::from_uuid(schedule),
+                    fire_time,
+                    state: parse_state(id, &state)?,
+                    created: false,
+                },
+            ));
         }
     }
-    runs.sort_by_key(|r| (r.fire_time, r.schedule_id.as_uuid()));
+    runs.sort_by_key(|(_, r)| (r.fire_time, r.schedule_id.as_uuid()));
 
-    advance_next_fires(&mut tx, shard, &kept).await?;
-    tx.commit().await?;
+    advance_next_fires(&mut batch.tx, &kept).await?;
+    let fenced = batch.commit().await?;
     let new = created.len();
     tracing::debug!(
         created = new,
         existing = runs.len() - new,
         "fires materialized"
     );
-    Ok(runs)
+    Ok(MaterializedAcross { runs, fenced })
+}
+
+fn shard_id(value: i16) -> Result<ShardId> {
+    u16::try_from(value)
+        .ok()
+        .and_then(ShardId::new)
+        .ok_or_else(|| StoreError::Corrupt(format!("shard {value} out of range")))
 }
 
 /// Moves each schedule's `next_fire_at` to the value carried by its latest kept fire, only
 /// forward, and only while the schedule is at the fires' version.
 async fn advance_next_fires(
     tx: &mut fencing::FencedTx,
-    shard: i16,
     kept: &[(&Materialize, LockedSchedule)],
 ) -> Result<()> {
     // `kept` is in fire order: the last fire of a schedule wins.
@@ -254,7 +299,9 @@ async fn advance_next_fires(
     let mut ids = Vec::with_capacity(latest.len());
     let mut versions = Vec::with_capacity(latest.len());
     let mut nexts = Vec::with_capacity(latest.len());
-    for (id, (version, next)) in latest {
+    let mut entries: Vec<_> = latest.into_iter().collect();
+    entries.sort_unstable_by_key(|(id, _)| *id);
+    for (id, (version, next)) in entries {
         ids.push(id);
         versions.push(version);
         nexts.push(next);
@@ -262,14 +309,13 @@ async fn advance_next_fires(
     sqlx::query(
         "UPDATE schedules s SET next_fire_at = u.next_fire_at
          FROM UNNEST($1::uuid[], $2::bigint[], $3::timestamptz[]) AS u(id, version, next_fire_at)
-         WHERE s.id = u.id AND s.version = u.version AND s.shard = $4
+         WHERE s.id = u.id AND s.version = u.version
            AND s.next_fire_at IS NOT NULL
            AND (u.next_fire_at IS NULL OR u.next_fire_at > s.next_fire_at)",
     )
     .bind(&ids)
     .bind(&versions)
     .bind(&nexts)
-    .bind(shard)
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -332,7 +378,45 @@ pub(super) async fn queued_runs_across(
     store: &PgStore,
     shards: &[ShardId],
     limit: u32,
-) -> Result<Vec<(ShardId, RunId)>> {
+) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
+    runs_across(
+        store,
+        shards,
+        limit,
+        "SELECT shard, id, fire_time FROM runs
+         WHERE shard = ANY($1) AND state = 'queued' AND NOT cancel_requested
+         ORDER BY fire_time, id
+         LIMIT $2",
+    )
+    .await
+}
+
+/// Running runs of many owned shards whose cancel was asked (a read).
+#[tracing::instrument(skip_all, fields(shards = shards.len()))]
+pub(super) async fn cancel_requested_across(
+    store: &PgStore,
+    shards: &[ShardId],
+    limit: u32,
+) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
+    runs_across(
+        store,
+        shards,
+        limit,
+        "SELECT shard, id, fire_time FROM runs
+         WHERE shard = ANY($1) AND state = 'running' AND cancel_requested
+         ORDER BY fire_time, id
+         LIMIT $2",
+    )
+    .await
+}
+
+/// Runs of the shards picked by `sql` (`$1` shards, `$2` limit; selects shard, id, fire time).
+async fn runs_across(
+    store: &PgStore,
+    shards: &[ShardId],
+    limit: u32,
+    sql: &'static str,
+) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
     if limit == 0 || shards.is_empty() {
         return Ok(Vec::new());
     }
@@ -340,25 +424,12 @@ pub(super) async fn queued_runs_across(
         .iter()
         .map(|s| shard_value(*s))
         .collect::<Result<_>>()?;
-    let rows: Vec<(i16, Uuid)> = sqlx::query_as(
-        "SELECT shard, id FROM runs
-         WHERE shard = ANY($1) AND state = 'queued' AND NOT cancel_requested
-         ORDER BY fire_time, id
-         LIMIT $2",
-    )
-    .bind(&shard_values)
-    .bind(i64::from(limit))
-    .fetch_all(store.pool())
-    .await?;
+    let rows: Vec<(i16, Uuid, DateTime<Utc>)> = sqlx::query_as(sql)
+        .bind(&shard_values)
+        .bind(i64::from(limit))
+        .fetch_all(store.pool())
+        .await?;
     rows.into_iter()
-        .map(|(shard, id)| {
-            let shard = u16::try_from(shard)
-                .ok()
-                .and_then(ShardId::new)
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("run {id}: shard {shard} out of range"))
-                })?;
-            Ok((shard, RunId::from_uuid(id)))
-        })
+        .map(|(shard, id, fire_time)| Ok((shard_id(shard)?, RunId::from_uuid(id), fire_time)))
         .collect()
 }

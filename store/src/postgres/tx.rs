@@ -1,7 +1,8 @@
 //! The one way to write more than one statement: a transaction that commits explicitly and
 //! rolls back when dropped; it must never commit implicitly or outlive a single `Store` call.
 
-use kairos_domain::ShardId;
+use chrono::{DateTime, Utc};
+use kairos_domain::{RunId, ShardId};
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::PgStore;
@@ -35,6 +36,29 @@ impl Tx {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(channel)
             .bind(shard.get().to_string())
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Queues a NOTIFY on `channel` naming one run: `<shard> <run id> <fire time in
+    /// microseconds>`, so the shard's owner can act on it without a scan (offer a queued run,
+    /// stop a run whose cancel was asked). Delivered only if the transaction commits.
+    pub(crate) async fn notify_run(
+        &mut self,
+        channel: &str,
+        shard: ShardId,
+        run: RunId,
+        fire_time: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(channel)
+            .bind(format!(
+                "{} {} {}",
+                shard.get(),
+                run,
+                fire_time.timestamp_micros()
+            ))
             .execute(self.conn())
             .await?;
         Ok(())

@@ -102,6 +102,8 @@ pub struct Finished {
     pub outcome: Outcome,
     pub log_tail: String,
     pub log_truncated: bool,
+    /// Bytes of output the run wrote in all; the tail is the last of them.
+    pub total_bytes: u64,
 }
 
 impl Finished {
@@ -112,6 +114,7 @@ impl Finished {
             outcome,
             log_tail,
             log_truncated,
+            total_bytes: log.total_bytes(),
         }
     }
 

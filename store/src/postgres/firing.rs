@@ -1,0 +1,418 @@
+//! The scheduler's hot path in batches across shards: firing due runs (`scheduled` →
+//! `queued`, or straight on to `running` on the worker that holds them prepared), workers'
+//! acks (`queued` → `running`) and reports (`running` → terminal). Each call is one fenced
+//! transaction over all the shards it touches, of conditional moves with one event per move
+//! (I3); it must never write a run whose lease was superseded, nor start a run that a cancel,
+//! a schedule change (I4) or a job delete has overtaken.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use kairos_domain::{FieldError, RunId, RunState, TenantId};
+use uuid::Uuid;
+
+use super::PgStore;
+use super::dispatch::parse_state;
+use super::events::{self, Transition};
+use super::fencing;
+use crate::{
+    AckedRuns, DueRun, FinishedRun, FinishedRuns, FiredRuns, LeasedRun, Result, RunAck, RunReport,
+    StoreError, cap_log_tail,
+};
+
+/// Longest worker id recorded with a run.
+pub(super) const MAX_WORKER_ID_LEN: usize = 256;
+
+/// The fire-time bounds of a batch, so Postgres prunes the partitions none of its runs is in;
+/// every partition when any fire time is unknown.
+pub(super) fn fire_range<'a>(
+    runs: impl Iterator<Item = &'a LeasedRun>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    // Wider than any partition, and within what Postgres timestamps can hold.
+    let all = (
+        DateTime::<Utc>::UNIX_EPOCH,
+        DateTime::<Utc>::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
+    );
+    let mut range: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+    for run in runs {
+        let Some(t) = run.fire_time else {
+            return all;
+        };
+        range = Some(match range {
+            None => (t, t),
+            Some((lo, hi)) => (lo.min(t), hi.max(t)),
+        });
+    }
+    range.unwrap_or(all)
+}
+
+fn check_worker_id(worker_id: &str) -> Result<()> {
+    if worker_id.is_empty() || worker_id.len() > MAX_WORKER_ID_LEN {
+        return Err(FieldError::new(
+            "worker_id",
+            format!("must be 1 to {MAX_WORKER_ID_LEN} bytes"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Whether a run may start now: no cancel requested, its schedule (if any) still at the run's
+/// version, its job not deleted. Shared by the fire and the ack, so both refuse alike.
+///
+/// The schedule and job are read, not locked: the run's row lock orders a start against an
+/// edit. Every schedule edit, pause or delete (and every job delete) cancels the runs it
+/// obsoletes in its own transaction, so it either cancelled the run before the start locked it
+/// (the start sees `cancelled` and leaves it), or it waits for the start's commit and then
+/// finds the run running, which it leaves: the start committed first, so I4 holds. Locking the
+/// schedules here would instead make every start wait behind the planner, which holds them
+/// while it records their fires.
+macro_rules! startable {
+    () => {
+        "(NOT r.cancel_requested
+          AND (r.schedule_id IS NULL OR EXISTS (
+                SELECT 1 FROM schedules s
+                WHERE s.id = r.schedule_id AND s.version = r.schedule_version))
+          AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = r.job_id AND j.deleted_at IS NULL))"
+    };
+}
+
+/// Fires due runs; see [`crate::SchedulerStore::fire_runs`].
+#[tracing::instrument(skip_all, fields(runs = due.len()))]
+pub(super) async fn fire_runs(store: &PgStore, due: &[DueRun]) -> Result<FiredRuns> {
+    if due.is_empty() {
+        return Ok(FiredRuns::default());
+    }
+    for d in due {
+        if let Some(worker) = &d.worker_id {
+            check_worker_id(worker)?;
+        }
+    }
+    let mut batch = fencing::begin_many(store, due.iter().map(|d| &d.run.lease)).await?;
+    let mut seen = HashSet::new();
+    let live: Vec<&DueRun> = due
+        .iter()
+        .filter(|d| batch.holds(&d.run.lease) && seen.insert(d.run.id))
+        .collect();
+    if live.is_empty() {
+        return Ok(FiredRuns {
+            fenced: batch.commit().await?,
+            ..FiredRuns::default()
+        });
+    }
+    let ids: Vec<Uuid> = live.iter().map(|d| d.run.id.as_uuid()).collect();
+    let workers: Vec<Option<&str>> = live.iter().map(|d| d.worker_id.as_deref()).collect();
+    let range = fire_range(live.iter().map(|d| &d.run));
+    let shards = batch.shard_values()?;
+    // Rows are locked first (in id order), so a run moved concurrently (a cancel) is
+    // re-checked against `scheduled` and left alone.
+    let moved: Vec<(Uuid, Uuid, DateTime<Utc>, bool)> = sqlx::query_as(concat!(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::text[]) AS i(id, worker_id)
+         ),
+         target AS (
+             SELECT r.id, r.fire_time, i.worker_id,
+                    (i.worker_id IS NOT NULL AND ",
+        startable!(),
+        ") AS start
+             FROM runs r JOIN input i ON i.id = r.id
+             WHERE r.shard = ANY($3) AND r.state = 'scheduled'
+               AND r.fire_time >= $4 AND r.fire_time <= $5
+             ORDER BY r.id
+             FOR UPDATE OF r
+         )
+         UPDATE runs r
+         SET state = CASE WHEN t.start THEN 'running' ELSE 'queued' END,
+             worker_id = CASE WHEN t.start THEN t.worker_id ELSE r.worker_id END,
+             started_at = CASE WHEN t.start THEN now() ELSE r.started_at END,
+             updated_at = now()
+         FROM target t
+         WHERE r.id = t.id AND r.fire_time = t.fire_time
+         RETURNING r.id, r.tenant_id, r.fire_time, t.start"
+    ))
+    .bind(&ids)
+    .bind(&workers)
+    .bind(&shards)
+    .bind(range.0)
+    .bind(range.1)
+    .fetch_all(batch.tx.conn())
+    .await?;
+    let mut transitions = Vec::with_capacity(moved.len() * 2);
+    let mut fired = FiredRuns::default();
+    let mut moved = moved;
+    moved.sort_by_key(|(id, _, fire_time, _)| (*fire_time, *id));
+    for (id, tenant, fire_time, start) in moved {
+        let tenant = TenantId::from_uuid(tenant);
+        transitions.push((
+            tenant,
+            transition(id, fire_time, RunState::Scheduled, RunState::Queued),
+        ));
+        if start {
+            transitions.push((
+                tenant,
+                transition(id, fire_time, RunState::Queued, RunState::Running),
+            ));
+            fired.started.push(RunId::from_uuid(id));
+        } else {
+            fired.queued.push(RunId::from_uuid(id));
+        }
+    }
+    events::record_across_tenants(batch.tx.tx(), &transitions).await?;
+    fired.fenced = batch.commit().await?;
+    tracing::debug!(
+        asked = due.len(),
+        queued = fired.queued.len(),
+        started = fired.started.len(),
+        "due runs fired"
+    );
+    Ok(fired)
+}
+
+/// Workers' acks; see [`crate::SchedulerStore::ack_runs`].
+#[tracing::instrument(skip_all, fields(runs = acks.len()))]
+pub(super) async fn ack_runs(store: &PgStore, acks: &[RunAck]) -> Result<AckedRuns> {
+    if acks.is_empty() {
+        return Ok(AckedRuns::default());
+    }
+    for ack in acks {
+        check_worker_id(&ack.worker_id)?;
+    }
+    let mut batch = fencing::begin_many(store, acks.iter().map(|a| &a.run.lease)).await?;
+    let mut seen = HashSet::new();
+    let live: Vec<&RunAck> = acks
+        .iter()
+        .filter(|a| batch.holds(&a.run.lease) && seen.insert(a.run.id))
+        .collect();
+    let ids: Vec<Uuid> = live.iter().map(|a| a.run.id.as_uuid()).collect();
+    let workers: Vec<&str> = live.iter().map(|a| a.worker_id.as_str()).collect();
+    let range = fire_range(live.iter().map(|a| &a.run));
+    let shards = batch.shard_values()?;
+    let mut started = Vec::new();
+    if !live.is_empty() {
+        let moved: Vec<(Uuid, Uuid, DateTime<Utc>)> = sqlx::query_as(concat!(
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[]) AS i(id, worker_id)
+             ),
+             target AS (
+                 SELECT r.id, r.fire_time, i.worker_id
+                 FROM runs r JOIN input i ON i.id = r.id
+                 WHERE r.shard = ANY($3) AND r.state = 'queued'
+                   AND r.fire_time >= $4 AND r.fire_time <= $5 AND ",
+            startable!(),
+            "
+                 ORDER BY r.id
+                 FOR UPDATE OF r
+             )
+             UPDATE runs r
+             SET state = 'running', worker_id = t.worker_id, started_at = now(),
+                 updated_at = now()
+             FROM target t
+             WHERE r.id = t.id AND r.fire_time = t.fire_time
+             RETURNING r.id, r.tenant_id, r.fire_time"
+        ))
+        .bind(&ids)
+        .bind(&workers)
+        .bind(&shards)
+        .bind(range.0)
+        .bind(range.1)
+        .fetch_all(batch.tx.conn())
+        .await?;
+        let mut moved = moved;
+        moved.sort_by_key(|(id, _, fire_time)| (*fire_time, *id));
+        let transitions: Vec<(TenantId, Transition)> = moved
+            .iter()
+            .map(|(id, tenant, fire_time)| {
+                (
+                    TenantId::from_uuid(*tenant),
+                    transition(*id, *fire_time, RunState::Queued, RunState::Running),
+                )
+            })
+            .collect();
+        events::record_across_tenants(batch.tx.tx(), &transitions).await?;
+        started = moved
+            .into_iter()
+            .map(|(id, _, _)| RunId::from_uuid(id))
+            .collect();
+    }
+    let fenced = batch.commit().await?;
+    let started_set: HashSet<RunId> = started.iter().copied().collect();
+    let refused = acks
+        .iter()
+        .filter(|a| !fenced.contains(&a.run.lease.shard()) && !started_set.contains(&a.run.id))
+        .map(|a| a.run.id)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(AckedRuns {
+        started,
+        refused,
+        fenced,
+    })
+}
+
+/// Workers' reports; see [`crate::SchedulerStore::finish_runs`].
+#[tracing::instrument(skip_all, fields(runs = reports.len()))]
+pub(super) async fn finish_runs(store: &PgStore, reports: &[RunReport]) -> Result<FinishedRuns> {
+    if reports.is_empty() {
+        return Ok(FinishedRuns::default());
+    }
+    let mut batch = fencing::begin_many(store, reports.iter().map(|r| &r.run.lease)).await?;
+    // The first report of a run wins; a repeat in the same batch answers as a late report.
+    let mut seen = HashSet::new();
+    let live: Vec<&RunReport> = reports
+        .iter()
+        .filter(|r| batch.holds(&r.run.lease) && seen.insert(r.run.id))
+        .collect();
+    let range = fire_range(live.iter().map(|r| &r.run));
+    let shards = batch.shard_values()?;
+    let n = live.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    let mut exit_codes = Vec::with_capacity(n);
+    let mut tails = Vec::with_capacity(n);
+    let mut truncated = Vec::with_capacity(n);
+    let mut totals = Vec::with_capacity(n);
+    for r in &live {
+        let (tail, cut) = cap_log_tail(&r.outcome.log_tail);
+        ids.push(r.run.id.as_uuid());
+        states.push(r.outcome.state.run_state().as_str());
+        reasons.push(r.outcome.state.reason());
+        exit_codes.push(r.outcome.exit_code);
+        totals.push(
+            r.outcome
+                .total_bytes
+                .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+        );
+        tails.push(tail);
+        truncated.push(cut || r.outcome.log_truncated);
+    }
+    let mut applied: HashMap<Uuid, RunState> = HashMap::new();
+    if n > 0 {
+        let finished: Vec<FinishedRow> = sqlx::query_as(
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[],
+                                      $6::bool[], $10::bigint[])
+                     AS i(id, state, reason, exit_code, log_tail, log_truncated, log_bytes)
+             ),
+             target AS (
+                 SELECT r.id, r.fire_time FROM runs r JOIN input i ON i.id = r.id
+                 WHERE r.shard = ANY($7) AND r.state = 'running'
+                   AND r.fire_time >= $8 AND r.fire_time <= $9
+                 ORDER BY r.id
+                 FOR UPDATE OF r
+             )
+             UPDATE runs r
+             SET state = i.state, reason = i.reason, exit_code = i.exit_code,
+                 log_tail = i.log_tail, log_truncated = i.log_truncated,
+                 -- The worker's count if it sent one; else at least what the tail holds.
+                 log_bytes = COALESCE(i.log_bytes,
+                                      GREATEST(r.log_bytes, octet_length(i.log_tail))),
+                 finished_at = now(), updated_at = now()
+             FROM target t JOIN input i ON i.id = t.id
+             WHERE r.id = t.id AND r.fire_time = t.fire_time
+             RETURNING r.id, r.tenant_id, r.fire_time, r.state, r.reason",
+        )
+        .bind(&ids)
+        .bind(&states)
+        .bind(&reasons)
+        .bind(&exit_codes)
+        .bind(&tails)
+        .bind(&truncated)
+        .bind(&shards)
+        .bind(range.0)
+        .bind(range.1)
+        .bind(&totals)
+        .fetch_all(batch.tx.conn())
+        .await?;
+        let mut transitions = Vec::with_capacity(finished.len());
+        let mut finished = finished;
+        finished.sort_by_key(|(id, _, fire_time, _, _)| (*fire_time, *id));
+        for (id, tenant, fire_time, state, reason) in finished {
+            let to = parse_state(id, &state)?;
+            applied.insert(id, to);
+            transitions.push((
+                TenantId::from_uuid(tenant),
+                Transition {
+                    run_id: id,
+                    fire_time,
+                    from: Some(RunState::Running),
+                    to,
+                    reason,
+                },
+            ));
+        }
+        events::record_across_tenants(batch.tx.tx(), &transitions).await?;
+    }
+    // The rest: already terminal (a late or repeated report), not started, or not the shard's.
+    let rest: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !applied.contains_key(id))
+        .copied()
+        .collect();
+    let stored: HashMap<Uuid, String> = if rest.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as::<_, (Uuid, String)>(
+            "SELECT id, state FROM runs
+             WHERE id = ANY($1) AND shard = ANY($2) AND fire_time >= $3 AND fire_time <= $4",
+        )
+        .bind(&rest)
+        .bind(&shards)
+        .bind(range.0)
+        .bind(range.1)
+        .fetch_all(batch.tx.conn())
+        .await?
+        .into_iter()
+        .collect()
+    };
+    let fenced = batch.commit().await?;
+    let mut first = HashSet::new();
+    let mut results = Vec::with_capacity(reports.len());
+    for report in reports {
+        let id = report.run.id;
+        if fenced.contains(&report.run.lease.shard()) {
+            continue;
+        }
+        let repeat = !first.insert(id);
+        let result = match (applied.get(&id.as_uuid()), stored.get(&id.as_uuid())) {
+            (Some(state), _) if !repeat => Ok(FinishedRun {
+                state: *state,
+                applied: true,
+            }),
+            (Some(state), _) => Ok(FinishedRun {
+                state: *state,
+                applied: false,
+            }),
+            (None, Some(raw)) => {
+                let state = parse_state(id.as_uuid(), raw)?;
+                if state.is_terminal() {
+                    Ok(FinishedRun {
+                        state,
+                        applied: false,
+                    })
+                } else {
+                    Err(StoreError::FailedPrecondition(format!(
+                        "run is {state}, not running"
+                    )))
+                }
+            }
+            (None, None) => Err(StoreError::NotFound("run")),
+        };
+        results.push((id, result));
+    }
+    Ok(FinishedRuns { results, fenced })
+}
+
+/// A run `finish_runs` moved: id, tenant, fire time, new state and reason.
+type FinishedRow = (Uuid, Uuid, DateTime<Utc>, String, Option<String>);
+
+fn transition(run_id: Uuid, fire_time: DateTime<Utc>, from: RunState, to: RunState) -> Transition {
+    Transition {
+        run_id,
+        fire_time,
+        from: Some(from),
+        to,
+        reason: None,
+    }
+}
