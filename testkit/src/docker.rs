@@ -187,8 +187,8 @@ impl Drop for TestImage {
     }
 }
 
-/// Removes, on drop, every container labelled `key=value` (the reaper does it if the test
-/// process dies first).
+/// Removes, on drop, every container labelled `key=value`, and again from the reaper once the
+/// test process has exited (a create still in flight at the drop lands after it).
 #[derive(Debug)]
 pub struct ContainerCleanup {
     label: String,
@@ -220,6 +220,6 @@ impl Drop for ContainerCleanup {
                     .status();
             }
         }
-        reaper::untrack(&Leftover::DockerContainers(self.label.clone()));
+        // Still tracked on purpose: the reaper sweeps the label again after the process exits.
     }
 }

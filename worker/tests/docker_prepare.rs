@@ -123,6 +123,7 @@ async fn an_assignment_the_worker_holds_already_is_refused() {
         .await
         .unwrap();
     assert!(s.ack_of(&run_id, WITHIN).await.unwrap());
+    container_in_state(&run_id, "created").await.unwrap();
     s.send(scheduler_message::Kind::Assignment(a))
         .await
         .unwrap();

@@ -247,5 +247,9 @@ impl TestWorker {
 impl Drop for TestWorker {
     fn drop(&mut self) {
         self.crash.cancel();
+        // Gone before the harness removes its containers (its runtime stops at once).
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

@@ -228,8 +228,14 @@ impl Runtime for DockerRuntime {
                 &format!("cannot pull image '{}': {e}", spec.image),
             )
         })?;
+        if let Some(outcome) = stop.stopped() {
+            return Err(Finished::with_note(
+                outcome,
+                "stopped before its container was created",
+            ));
+        }
         // Not raced with the stop signals: an interrupted create could leave a container
-        // behind. A stop that fired meanwhile is seen by `start` or leads to `discard`.
+        // behind. A stop that fires during it is seen by `start` or leads to `discard`.
         let inner = &self.inner;
         match container::create(
             &inner.docker,
