@@ -9,6 +9,7 @@ pub mod image;
 pub mod job;
 pub mod overlap;
 pub mod page;
+pub mod registry;
 pub mod run;
 pub mod schedule;
 pub mod shard;
@@ -23,6 +24,7 @@ pub use job::{
     RunTimeout,
 };
 pub use page::{PageRequest, PageToken};
+pub use registry::{CredentialDraft, CredentialName, CredentialSpec, RegistryHost, Secret};
 pub use run::{FailureReason, RunState, SkipReason, Trigger};
 pub use schedule::{
     Cadence, CronSpec, DstNote, FirePreview, OverlapPolicy, ScheduleDraft, ScheduleSpec, TimeZone,

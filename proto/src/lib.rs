@@ -8,6 +8,16 @@
 /// Package `kairos.v1`: messages, `*_client` and `*_server` modules.
 pub mod v1 {
     tonic::include_proto!("kairos.v1");
+
+    impl std::fmt::Debug for scheduler_message::RegistryAuth {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RegistryAuth")
+                .field("server", &self.server)
+                .field("username", &self.username)
+                .field("password", &"***")
+                .finish()
+        }
+    }
 }
 
 /// The encoded `FileDescriptorSet` of every Kairos proto, for `tonic-reflection`.
@@ -47,6 +57,7 @@ mod tests {
             version: 2,
             created_at: ts(1_767_225_600),
             updated_at: ts(1_767_225_660),
+            registry_credential: Some("ghcr-acme".into()),
         };
         let bytes = job.encode_to_vec();
         assert_eq!(Job::decode(bytes.as_slice()).unwrap(), job);
@@ -110,6 +121,18 @@ mod tests {
         };
         let decoded = v1::SchedulerMessage::decode(assignment.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded, assignment);
+    }
+
+    #[test]
+    fn registry_credentials_never_show_their_password_in_debug() {
+        let auth = scheduler_message::RegistryAuth {
+            server: "registry.example.com".into(),
+            username: "robot".into(),
+            password: "hunter2-secret".into(),
+        };
+        let shown = format!("{auth:?}");
+        assert!(shown.contains("robot"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

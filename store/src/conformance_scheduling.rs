@@ -25,9 +25,9 @@ use crate::conformance::{
 };
 pub use crate::conformance_semantics::*;
 use crate::{
-    DueRun, FinishedRun, FireState, Job, LOG_TAIL_MAX_BYTES, LeasedRun, Materialize, NewSchedule,
-    Result, Run, RunAck, RunFilter, RunOutcome, RunReport, Schedule, SchedulerStore, ShardLease,
-    Store, StoreError, TerminalState,
+    DueRun, FinishedRun, FireState, Job, LOG_TAIL_MAX_BYTES, LeasedRun, LiveLog, Materialize,
+    NewSchedule, Result, Run, RunAck, RunFilter, RunOutcome, RunReport, Schedule, SchedulerStore,
+    ShardLease, Store, StoreError, TerminalState,
 };
 
 /// Generates one `#[tokio::test]` per scheduler conformance check, each on a fresh store from
@@ -63,6 +63,8 @@ macro_rules! scheduler_store_conformance_suite {
             upcoming_offers_include_scheduled_runs,
             materializing_across_shards_writes_the_current_leases_only,
             cancel_requests_of_running_runs_are_read_across_shards,
+            live_logs_are_stored_for_running_runs_only_and_never_move_back,
+            offers_carry_the_opened_registry_credential_of_the_job,
             // The schedule semantics (`conformance_semantics`).
             a_fire_is_skipped_for_overlap_while_its_schedule_has_a_run_in_progress,
             fires_of_one_schedule_in_one_batch_are_decided_in_fire_order,
@@ -207,6 +209,7 @@ fn outcome(state: TerminalState, exit_code: Option<i32>, log: &str) -> RunOutcom
         exit_code,
         log_tail: log.to_owned(),
         log_truncated: false,
+        total_bytes: None,
     }
 }
 
@@ -1650,12 +1653,14 @@ pub async fn batched_acks_and_reports_span_shards_and_record_a_repeated_report_o
         exit_code: Some(0),
         log_tail: "done\n".to_owned(),
         log_truncated: false,
+        total_bytes: None,
     };
     let failed = RunOutcome {
         state: TerminalState::Failed(FailureReason::ExitCode),
         exit_code: Some(3),
         log_tail: String::new(),
         log_truncated: false,
+        total_bytes: Some(0),
     };
     let reports = vec![
         RunReport {
@@ -1836,4 +1841,175 @@ pub async fn cancel_requests_of_running_runs_are_read_across_shards<S: Store + S
             .expect("read")
             .is_empty()
     );
+}
+
+pub async fn live_logs_are_stored_for_running_runs_only_and_never_move_back<
+    S: Store + SchedulerStore,
+>(
+    store: &S,
+) {
+    let w = world(store).await;
+    let ids = scheduled_runs(store, &w, 2).await;
+    queue(store, &w.lease, &ids).await;
+    store
+        .ack_run(&w.lease, ids[0], "worker-1")
+        .await
+        .expect("ack")
+        .expect("started");
+    let live = |id: RunId, tail: &str, total: u64| LiveLog {
+        run: leased(&w.lease, id, None),
+        tail: tail.to_owned(),
+        total_bytes: total,
+    };
+    let fenced = store
+        .record_live_logs(&[live(ids[0], "hello\n", 6), live(ids[1], "not running", 11)])
+        .await
+        .expect("record");
+    assert!(fenced.is_empty());
+    let logs = store.run_logs(w.tenant, ids[0]).await.expect("logs");
+    assert_eq!(
+        (
+            logs.content.as_str(),
+            logs.total_bytes,
+            logs.truncated,
+            logs.state
+        ),
+        ("hello\n", 6, false, RunState::Running)
+    );
+    let queued = store.run_logs(w.tenant, ids[1]).await.expect("logs");
+    assert_eq!(
+        (queued.content.as_str(), queued.total_bytes),
+        ("", 0),
+        "a queued run has no live output"
+    );
+
+    // More output, with its head dropped by the worker's cap: the count says where it starts.
+    store
+        .record_live_logs(&[live(ids[0], "world\n", 1_000_000)])
+        .await
+        .expect("record");
+    let logs = store.run_logs(w.tenant, ids[0]).await.expect("logs");
+    assert_eq!(
+        (logs.content.as_str(), logs.total_bytes, logs.truncated),
+        ("world\n", 1_000_000, true)
+    );
+    // A late, older tail does not move it back.
+    store
+        .record_live_logs(&[live(ids[0], "hello\n", 6)])
+        .await
+        .expect("record");
+    assert_eq!(
+        store
+            .run_logs(w.tenant, ids[0])
+            .await
+            .expect("logs")
+            .total_bytes,
+        1_000_000
+    );
+
+    // The report's count is the final one.
+    let mut ended = outcome(TerminalState::Succeeded, Some(0), "bye\n");
+    ended.total_bytes = Some(1_000_004);
+    store
+        .finish_run(&w.lease, ids[0], &ended)
+        .await
+        .expect("finish");
+    let logs = store.run_logs(w.tenant, ids[0]).await.expect("logs");
+    assert_eq!(
+        (logs.content.as_str(), logs.total_bytes, logs.state),
+        ("bye\n", 1_000_004, RunState::Succeeded)
+    );
+    // And a tail arriving after the end changes nothing.
+    store
+        .record_live_logs(&[live(ids[0], "late\n", 2_000_000)])
+        .await
+        .expect("record");
+    assert_eq!(
+        store
+            .run_logs(w.tenant, ids[0])
+            .await
+            .expect("logs")
+            .content,
+        "bye\n"
+    );
+
+    // A superseded lease writes nothing.
+    let stale = w.lease.clone();
+    store
+        .claim_shard(w.lease.shard(), 2, "node-b")
+        .await
+        .expect("newer claim");
+    let fenced = store
+        .record_live_logs(&[live(ids[1], "x", 1)])
+        .await
+        .expect("record");
+    assert_eq!(fenced, [stale.shard()]);
+}
+
+pub async fn offers_carry_the_opened_registry_credential_of_the_job<S: Store + SchedulerStore>(
+    store: &S,
+) {
+    let t = tenant(store).await;
+    store
+        .create_registry_credential(
+            t,
+            &crate::conformance::credential("example", "registry.example.com"),
+        )
+        .await
+        .expect("credential");
+    let mut spec = job_spec("private");
+    spec.registry_credential = Some(
+        kairos_domain::CredentialName::parse_as("registry_credential", "example").expect("name"),
+    );
+    let private = store
+        .create_job(t, JobId::generate(), &spec)
+        .await
+        .expect("job");
+    let public = job(store, t).await;
+    let (a, _) = store
+        .create_run(t, &manual_run(private.id, now()), None)
+        .await
+        .expect("run");
+    let (b, _) = store
+        .create_run(t, &manual_run(public.id, now()), None)
+        .await
+        .expect("run");
+    let lease_a = store
+        .claim_shard(a.shard, 1, "node-a")
+        .await
+        .expect("claim");
+    let lease_b = if b.shard == a.shard {
+        lease_a.clone()
+    } else {
+        store
+            .claim_shard(b.shard, 1, "node-a")
+            .await
+            .expect("claim")
+    };
+    let offers = store
+        .offers_across(
+            &[leased(&lease_a, a.id, None), leased(&lease_b, b.id, None)],
+            false,
+        )
+        .await
+        .expect("offers");
+    let auth_of = |id: RunId| {
+        offers
+            .iter()
+            .find(|o| o.run_id == id)
+            .expect("offered")
+            .registry_auth
+            .clone()
+    };
+    let auth = auth_of(a.id).expect("the private job's offer carries its credential");
+    assert_eq!(
+        (
+            auth.server.as_str(),
+            auth.username.as_str(),
+            auth.password.expose()
+        ),
+        ("registry.example.com", "bot", "pa55-w0rd")
+    );
+    assert!(!format!("{auth:?}").contains("pa55"), "hidden in Debug");
+    assert_eq!(auth_of(b.id), None);
 }

@@ -166,6 +166,7 @@ async fn finish<S: SchedulerStore>(
                     .then_some(1),
                 log_tail: String::new(),
                 log_truncated: false,
+                total_bytes: None,
             },
         }])
         .await
@@ -1092,6 +1093,7 @@ pub async fn a_change_racing_a_failure_never_leaves_a_retry_of_the_old_version<
                 exit_code: Some(1),
                 log_tail: String::new(),
                 log_truncated: false,
+                total_bytes: None,
             },
         }];
         let change = ScheduleChange {
@@ -1145,6 +1147,7 @@ pub async fn a_fire_racing_the_end_of_the_run_it_waits_for_is_never_stranded<
                 exit_code: Some(0),
                 log_tail: String::new(),
                 log_truncated: false,
+                total_bytes: None,
             },
         }];
         let due = [DueRun {

@@ -183,8 +183,15 @@ pub struct RunEvent {
 #[derive(Debug, Clone)]
 pub struct RunLogs {
     pub run_id: RunId,
+    /// The end of the output, at most [`crate::LOG_TAIL_MAX_BYTES`].
     pub content: String,
+    /// True when older output was dropped (the content does not start at byte 0).
     pub truncated: bool,
+    /// Bytes of output written in all so far (while the run runs, as of its last live tail).
+    /// The content is the last `content.len()` of them.
+    pub total_bytes: u64,
+    /// The run's state: a follower stops once it is terminal.
+    pub state: RunState,
 }
 
 /// What a backfill did (or, for a dry run, would do).
@@ -205,3 +212,12 @@ pub struct PartitionReport {
 
 /// Labels and env maps travel as JSON objects in storage.
 pub type StringMap = BTreeMap<String, String>;
+
+/// A tenant's registry credential as the API shows it: never its password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryCredential {
+    pub name: kairos_domain::CredentialName,
+    pub server: kairos_domain::RegistryHost,
+    pub username: String,
+    pub created_at: DateTime<Utc>,
+}

@@ -227,6 +227,16 @@ pub struct Offer {
     pub tenant_id: TenantId,
     /// The run's shard.
     pub shard: ShardId,
+    /// Credentials for pulling `image`, when the job names a registry credential.
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+/// Opened registry credentials for one pull. `Debug` hides the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub server: String,
+    pub username: String,
+    pub password: kairos_domain::Secret,
 }
 
 /// A run of a shard this node owns, as the firing and dispatch path names it in batches.
@@ -360,6 +370,18 @@ pub struct RunOutcome {
     pub log_tail: String,
     /// Whether the worker already dropped the start of the output.
     pub log_truncated: bool,
+    /// Bytes of output written in all, when the worker counted them.
+    pub total_bytes: Option<u64>,
+}
+
+/// The live output of a running run, as its worker last sent it.
+#[derive(Debug, Clone)]
+pub struct LiveLog {
+    pub run: LeasedRun,
+    /// The end of the output so far; stored capped at [`LOG_TAIL_MAX_BYTES`].
+    pub tail: String,
+    /// Bytes of output written so far.
+    pub total_bytes: u64,
 }
 
 /// What `finish_run` left stored.
@@ -544,6 +566,11 @@ pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
         lease: &ShardLease,
         ids: &[ScheduleId],
     ) -> Result<Vec<crate::Schedule>>;
+
+    /// Stores the live output of running runs of many shards in one transaction (runs no
+    /// longer running are left as they are: their report holds the final output). Answers the
+    /// shards whose lease was superseded.
+    async fn record_live_logs(&self, logs: &[LiveLog]) -> Result<Vec<ShardId>>;
 
     /// What workers need to start these runs of owned shards (a read, across shards): runs
     /// still `queued` (and, with `upcoming`, still `scheduled`), not cancel-requested, whose

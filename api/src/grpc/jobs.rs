@@ -124,6 +124,56 @@ impl JobService for Jobs {
         finish(&self.0, "DeleteJob", result)
     }
 
+    async fn create_registry_credential(
+        &self,
+        request: Request<pb::CreateRegistryCredentialRequest>,
+    ) -> Result<Response<pb::RegistryCredential>, Status> {
+        let result = async {
+            let tenant = self.tenant(&request).await?;
+            let r = request.into_inner();
+            let draft = kairos_domain::CredentialDraft {
+                name: Some(r.name),
+                server: Some(r.server),
+                username: Some(r.username),
+                password: Some(r.password),
+            };
+            let created = self.0.create_registry_credential(tenant, draft).await?;
+            Ok(convert::registry_credential(&created))
+        }
+        .await;
+        finish(&self.0, "CreateRegistryCredential", result)
+    }
+
+    async fn list_registry_credentials(
+        &self,
+        request: Request<pb::ListRegistryCredentialsRequest>,
+    ) -> Result<Response<pb::ListRegistryCredentialsResponse>, Status> {
+        let result = async {
+            let tenant = self.tenant(&request).await?;
+            let all = self.0.list_registry_credentials(tenant).await?;
+            Ok(pb::ListRegistryCredentialsResponse {
+                registry_credentials: all.iter().map(convert::registry_credential).collect(),
+            })
+        }
+        .await;
+        finish(&self.0, "ListRegistryCredentials", result)
+    }
+
+    async fn delete_registry_credential(
+        &self,
+        request: Request<pb::DeleteRegistryCredentialRequest>,
+    ) -> Result<Response<pb::DeleteRegistryCredentialResponse>, Status> {
+        let result = async {
+            let tenant = self.tenant(&request).await?;
+            self.0
+                .delete_registry_credential(tenant, &request.get_ref().name)
+                .await?;
+            Ok(pb::DeleteRegistryCredentialResponse {})
+        }
+        .await;
+        finish(&self.0, "DeleteRegistryCredential", result)
+    }
+
     async fn create_schedule(
         &self,
         request: Request<pb::CreateScheduleRequest>,
@@ -395,11 +445,17 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::GetRunLogsResponse>, Status> {
         let result = async {
             let tenant = self.tenant(&request).await?;
-            let logs = self.0.run_logs(tenant, &request.get_ref().run_id).await?;
+            let asked = request.get_ref();
+            let offset = asked.offset.map(|o| i64::try_from(o).unwrap_or(i64::MAX));
+            let logs = self.0.run_logs(tenant, &asked.run_id, offset).await?;
             Ok(pb::GetRunLogsResponse {
                 run_id: logs.run_id.to_string(),
                 content: logs.content,
                 truncated: logs.truncated,
+                offset: logs.offset,
+                next_offset: logs.next_offset,
+                gap: logs.gap,
+                state: logs.state.as_str().to_owned(),
             })
         }
         .await;

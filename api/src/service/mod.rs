@@ -5,6 +5,7 @@
 //! Every operation takes the caller's `TenantId` first; a resource id is looked up only within
 //! that tenant, and an id that does not parse is answered as a missing resource (I6).
 
+mod credentials;
 mod jobs;
 mod runs;
 mod schedules;
@@ -15,7 +16,7 @@ use std::{str::FromStr, sync::Arc};
 use kairos_domain::TenantId;
 use kairos_store::Store;
 
-pub use runs::BackfillOutcome;
+pub use runs::{BackfillOutcome, LogsView};
 pub use schedules::ScheduleView;
 
 use crate::{

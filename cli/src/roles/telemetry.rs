@@ -3,9 +3,16 @@
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
+/// The most bollard may log.
+const BOLLARD_CAP: &str = "bollard=info";
+
 /// Installs the global subscriber once; later calls are ignored.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // bollard traces request bodies (a container's env, which may hold secrets): never
+        // below info, whatever RUST_LOG says.
+        .add_directive(BOLLARD_CAP.parse().expect("a valid static directive"));
     let json = std::env::var("KAIROS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {

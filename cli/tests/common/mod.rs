@@ -36,6 +36,8 @@ pub struct Options {
     pub scheduler_env: Vec<Vec<(String, String)>>,
     /// The etcd endpoints scheduler `i` uses instead of the cluster's (such as a proxy).
     pub scheduler_etcd: Vec<Option<String>>,
+    /// Extra environment of the worker, overriding its defaults (such as `KAIROS_RUNTIME`).
+    pub worker_env: Vec<(String, String)>,
 }
 
 pub fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
@@ -108,7 +110,7 @@ pub async fn cluster_with(
         metrics_urls.push(format!("http://127.0.0.1:{metrics}/metrics"));
         nodes.push(node);
     }
-    let worker_env = env(&[
+    let mut worker_env = env(&[
         ("KAIROS_ETCD_ENDPOINTS", endpoints),
         ("KAIROS_ETCD_PREFIX", prefix),
         ("KAIROS_WORKER_ID", "worker-1".to_owned()),
@@ -116,6 +118,8 @@ pub async fn cluster_with(
         ("KAIROS_RUNTIME", "process".to_owned()),
         ("KAIROS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
     ]);
+    worker_env.retain(|(k, _)| !options.worker_env.iter().any(|(o, _)| o == k));
+    worker_env.extend(options.worker_env.iter().cloned());
     let worker = KairosProcess::spawn(Path::new(BIN), &["worker"], &worker_env).unwrap();
 
     let client = reqwest::Client::new();

@@ -13,6 +13,7 @@
 mod assign;
 mod batch;
 mod fire;
+mod logs;
 mod queue;
 mod session;
 
@@ -130,6 +131,7 @@ pub struct Dispatcher {
     fire_wake: Arc<Notify>,
     acks: mpsc::Sender<AckIn>,
     reports: mpsc::Sender<ReportIn>,
+    live_logs: mpsc::Sender<kairos_proto::v1::worker_message::LogTail>,
     inboxes: Arc<Mutex<Option<Inboxes>>>,
     /// Retries the report and sweep batches created, for the engine to arm.
     retries: mpsc::Sender<Vec<DueRetry>>,
@@ -144,6 +146,7 @@ pub struct Dispatcher {
 struct Inboxes {
     acks: mpsc::Receiver<AckIn>,
     reports: mpsc::Receiver<ReportIn>,
+    live_logs: mpsc::Receiver<kairos_proto::v1::worker_message::LogTail>,
 }
 
 impl Dispatcher {
@@ -151,15 +154,18 @@ impl Dispatcher {
         let (acks, acks_rx) = mpsc::channel(BATCH_BUFFER);
         let (reports, reports_rx) = mpsc::channel(BATCH_BUFFER);
         let (retries, retries_rx) = mpsc::channel(RETRY_BUFFER);
+        let (live_logs, live_logs_rx) = mpsc::channel(BATCH_BUFFER);
         Self {
             state: Arc::default(),
             wake: Arc::default(),
             fire_wake: Arc::default(),
             acks,
             reports,
+            live_logs,
             inboxes: Arc::new(Mutex::new(Some(Inboxes {
                 acks: acks_rx,
                 reports: reports_rx,
+                live_logs: live_logs_rx,
             }))),
             retries,
             retries_rx: Arc::new(Mutex::new(Some(retries_rx))),
@@ -377,6 +383,7 @@ impl Dispatcher {
         tasks.spawn(self.clone().fire_loop(coordinator, stop.clone()));
         tasks.spawn(self.clone().ack_loop(inboxes.acks, stop.clone()));
         tasks.spawn(self.clone().report_loop(inboxes.reports, stop.clone()));
+        tasks.spawn(self.clone().log_loop(inboxes.live_logs, stop.clone()));
         tasks.close();
         self.assign_loop(stop).await;
         tasks.wait().await;

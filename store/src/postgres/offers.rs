@@ -8,11 +8,11 @@ use kairos_domain::{JobId, RunId};
 use uuid::Uuid;
 
 use super::{
-    PgStore, fencing,
+    PgStore, credentials, fencing,
     firing::fire_range,
     rows::{JobRow, RunRow, job_columns, run_columns, shard_value},
 };
-use crate::{Job, LeasedRun, Offer, Result, Run, ShardLease};
+use crate::{Job, LeasedRun, Offer, RegistryAuth, Result, Run, ShardLease};
 
 /// Offers for queued runs of one shard (the single-shard form of [`offers_across`]), refused
 /// with `Fenced` once the lease is superseded.
@@ -92,18 +92,37 @@ pub(super) async fn offers_across(
     .bind(&job_ids)
     .fetch_all(&mut *conn)
     .await?;
-    drop(conn);
     let jobs: HashMap<JobId, Job> = jobs
         .into_iter()
         .map(|row| Job::try_from(row).map(|job| (job.id, job)))
         .collect::<Result<_>>()?;
+    let wanted: Vec<(Uuid, String)> = jobs
+        .values()
+        .filter_map(|j| {
+            j.spec
+                .registry_credential
+                .as_ref()
+                .map(|c| (j.tenant_id.as_uuid(), c.as_str().to_owned()))
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let auth = credentials::auth_for(store, &mut conn, &wanted).await?;
+    drop(conn);
     // A run whose job is gone is not offered: the job's delete cancels it.
     runs.into_iter()
-        .filter_map(|run| jobs.get(&run.job_id).map(|job| offer(run, job)))
+        .filter_map(|run| {
+            let job = jobs.get(&run.job_id)?;
+            let registry_auth = job.spec.registry_credential.as_ref().and_then(|c| {
+                auth.get(&(job.tenant_id.as_uuid(), c.as_str().to_owned()))
+                    .cloned()
+            });
+            Some(offer(run, job, registry_auth))
+        })
         .collect()
 }
 
-fn offer(run: Run, job: &Job) -> Result<Offer> {
+fn offer(run: Run, job: &Job, registry_auth: Option<RegistryAuth>) -> Result<Offer> {
     let env = super::dispatch::merged_env(&run, job)?;
     Ok(Offer {
         run_id: run.id,
@@ -117,5 +136,6 @@ fn offer(run: Run, job: &Job) -> Result<Offer> {
         attempt: run.attempt,
         tenant_id: run.tenant_id,
         shard: run.shard,
+        registry_auth,
     })
 }

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use kairos_domain::{
-    Cadence, Command, CronSpec, Env, FieldError, ImageRef, JobId, JobName, JobSpec, Labels,
-    MemoryLimit, OverlapPolicy, PageRequest, PageToken, RetryDraft, RunId, RunState, RunTimeout,
-    ScheduleId, ScheduleSpec, ShardId, TenantId, TenantName, TimeZone, Trigger,
+    Cadence, Command, CredentialName, CronSpec, Env, FieldError, ImageRef, JobId, JobName, JobSpec,
+    Labels, MemoryLimit, OverlapPolicy, PageRequest, PageToken, RetryDraft, RunId, RunState,
+    RunTimeout, ScheduleId, ScheduleSpec, ShardId, TenantId, TenantName, TimeZone, Trigger,
 };
 use serde_json::Value;
 use sqlx::types::Json;
@@ -54,7 +54,7 @@ macro_rules! job_columns {
     () => {
         "id, tenant_id, name, image, command, env, memory_mb, \
      timeout_seconds, retry_max_attempts, retry_initial_backoff_seconds, \
-     retry_max_backoff_seconds, labels, version, created_at, updated_at"
+     retry_max_backoff_seconds, labels, registry_credential, version, created_at, updated_at"
     };
 }
 pub(super) use job_columns;
@@ -73,6 +73,7 @@ pub(super) struct JobRow {
     retry_initial_backoff_seconds: i32,
     retry_max_backoff_seconds: i32,
     labels: Json<Value>,
+    registry_credential: Option<String>,
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -101,6 +102,12 @@ impl TryFrom<JobRow> for Job {
             retry,
             labels: Labels::parse(string_map("labels", row.labels.0).map_err(corrupt)?)
                 .map_err(corrupt)?,
+            registry_credential: row
+                .registry_credential
+                .as_deref()
+                .map(|n| CredentialName::parse_as("registry_credential", n))
+                .transpose()
+                .map_err(corrupt)?,
         };
         Ok(Job {
             id: JobId::from_uuid(row.id),
@@ -126,6 +133,7 @@ pub(super) struct JobValues<'a> {
     pub retry_initial_backoff_seconds: i32,
     pub retry_max_backoff_seconds: i32,
     pub labels: Json<&'a BTreeMap<String, String>>,
+    pub registry_credential: Option<&'a str>,
 }
 
 impl<'a> JobValues<'a> {
@@ -147,6 +155,7 @@ impl<'a> JobValues<'a> {
                 spec.retry.max_backoff_seconds(),
             )?,
             labels: Json(spec.labels.as_map()),
+            registry_credential: spec.registry_credential.as_ref().map(|c| c.as_str()),
         })
     }
 }

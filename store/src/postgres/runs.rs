@@ -451,17 +451,25 @@ pub(super) async fn cancel(store: &PgStore, tenant: TenantId, id: RunId) -> Resu
 
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, run_id = %id))]
 pub(super) async fn logs(pool: &PgPool, tenant: TenantId, id: RunId) -> Result<RunLogs> {
-    let row: Option<(Option<String>, bool)> =
-        sqlx::query_as("SELECT log_tail, log_truncated FROM runs WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant.as_uuid())
-            .bind(id.as_uuid())
-            .fetch_optional(pool)
-            .await?;
-    let (content, truncated) = row.ok_or(StoreError::NotFound("run"))?;
+    let row: Option<(Option<String>, bool, i64, String)> = sqlx::query_as(
+        "SELECT log_tail, log_truncated, log_bytes, state FROM runs
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .fetch_optional(pool)
+    .await?;
+    let (content, truncated, total, state) = row.ok_or(StoreError::NotFound("run"))?;
+    let content = content.unwrap_or_default();
+    let state = RunState::parse(&state)
+        .ok_or_else(|| StoreError::Corrupt(format!("run {id}: unknown state '{state}'")))?;
     Ok(RunLogs {
         run_id: id,
-        content: content.unwrap_or_default(),
+        // Never less than what is kept (rows written before the count existed).
+        total_bytes: u64::try_from(total).unwrap_or(0).max(content.len() as u64),
+        content,
         truncated,
+        state,
     })
 }
 
