@@ -303,3 +303,139 @@ async fn execute_is_idempotent_and_watch_streams_until_the_run_ends() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn schedules_carry_their_state_limits_and_jitter_and_triggers_take_an_overlap_override() {
+    let server = server().await;
+    let key = tenant(&server, "acme").await;
+    let mut jobs = JobServiceClient::new(server.channel.clone());
+    let job = jobs
+        .create_job(authed(job_request(None), &key))
+        .await
+        .unwrap()
+        .into_inner();
+    let schedule = jobs
+        .create_schedule(authed(
+            pb::CreateScheduleRequest {
+                job_id: job.id.clone(),
+                cron: Some("0 * * * *".into()),
+                jitter_seconds: Some(120),
+                max_runs: Some(2),
+                catchup_max_runs: Some(4),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(schedule.state, "active");
+    assert_eq!(schedule.max_runs, Some(2));
+    assert_eq!(schedule.catchup_max_runs, 4);
+    assert_eq!(schedule.fire_count, 0);
+    assert!((0..120_000).contains(&schedule.jitter_offset_ms));
+    assert_eq!(schedule.next_fire_times.len(), 2, "two fires left of two");
+    assert_eq!(
+        schedule.next_fire_at, schedule.next_fire_times[0].utc,
+        "the preview starts at the next fire"
+    );
+    let bad = jobs
+        .create_schedule(authed(
+            pb::CreateScheduleRequest {
+                job_id: job.id.clone(),
+                cron: Some("@daily".into()),
+                max_runs: Some(0),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(
+        bad.metadata().get("kairos-error-field").unwrap(),
+        "max_runs"
+    );
+
+    let first = jobs
+        .trigger_schedule(authed(
+            pb::TriggerScheduleRequest {
+                schedule_id: schedule.id.clone(),
+                overlap_policy: None,
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.state, "queued");
+    assert_eq!(first.due_at, first.fire_time);
+    let skipped = jobs
+        .trigger_schedule(authed(
+            pb::TriggerScheduleRequest {
+                schedule_id: schedule.id.clone(),
+                overlap_policy: None,
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (skipped.state.as_str(), skipped.reason.as_deref()),
+        ("skipped", Some("overlap"))
+    );
+    let held = jobs
+        .trigger_schedule(authed(
+            pb::TriggerScheduleRequest {
+                schedule_id: schedule.id.clone(),
+                overlap_policy: Some("buffer_one".into()),
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.blocked_by.as_deref(), Some(first.id.as_str()));
+    let bad = jobs
+        .trigger_schedule(authed(
+            pb::TriggerScheduleRequest {
+                schedule_id: schedule.id.clone(),
+                overlap_policy: Some("sometimes".into()),
+            },
+            &key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bad.metadata().get("kairos-error-field").unwrap(),
+        "overlap_policy"
+    );
+
+    let paused = jobs
+        .pause_schedule(authed(
+            pb::PauseScheduleRequest {
+                schedule_id: schedule.id.clone(),
+                note: Some("deploy".into()),
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paused.state, "paused");
+    assert!(paused.paused_at.is_some());
+    let resumed = jobs
+        .resume_schedule(authed(
+            pb::ResumeScheduleRequest {
+                schedule_id: schedule.id.clone(),
+                catch_up: true,
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resumed.state, "active");
+    assert!(resumed.paused_at.is_none());
+}

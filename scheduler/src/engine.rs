@@ -403,7 +403,7 @@ impl Engine {
         }
         let valid = self.coordinator.lease_valid();
         let mut ahead: HashMap<ShardId, Vec<(RunId, DateTime<Utc>)>> = HashMap::new();
-        let mut fire: HashMap<ShardId, Vec<(RunId, DateTime<Utc>)>> = HashMap::new();
+        let mut fire: HashMap<ShardId, Vec<PlannedRun>> = HashMap::new();
         let now_ms = clock.now_ms();
         let mut refused = 0usize;
         for (deadline, (shard, run, phase)) in due.drain(..) {
@@ -426,7 +426,7 @@ impl Engine {
                     self.metrics
                         .timer_lag_seconds
                         .observe(now_ms.saturating_sub(deadline) as f64 / 1000.0);
-                    fire.entry(shard).or_default().push((run, fire_time));
+                    fire.entry(shard).or_default().push(planned);
                 }
             }
         }

@@ -71,6 +71,7 @@ impl Dispatcher {
                 break;
             };
             if state.leases.get(&run.lease.shard()) != Some(&run.lease) {
+                state.due_at.remove(&run.id);
                 continue; // the shard moved: its next owner fires it
             }
             let mut worker_id = None;
@@ -128,9 +129,9 @@ impl Dispatcher {
             let mut state = self.state();
             for d in batch {
                 let run: &LeasedRun = &d.run;
-                let lag = run
-                    .fire_time
-                    .map(|t| (now_utc - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                let due = state.due_at.remove(&run.id).or(run.fire_time);
+                let lag =
+                    due.map(|t| (now_utc - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
                 if started.contains(&run.id) {
                     let held = state.awaiting.remove(&run.id);
                     state.running.insert(

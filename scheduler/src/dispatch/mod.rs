@@ -34,7 +34,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::Status;
 
-use crate::{coordinator::Coordinator, metrics::Metrics};
+use crate::{coordinator::Coordinator, engine::PlannedRun, metrics::Metrics};
 
 /// Messages buffered toward one worker.
 const WORKER_BUFFER: usize = 4096;
@@ -102,6 +102,8 @@ struct State {
     upcoming: queue::RunQueue,
     /// Scheduled runs whose fire is due, waiting for the next firing batch.
     due: queue::RunQueue,
+    /// When the retries among `due` were due (the others are due at their fire time).
+    due_at: HashMap<RunId, DateTime<Utc>>,
     awaiting: HashMap<RunId, Awaiting>,
     running: HashMap<RunId, Running>,
 }
@@ -272,11 +274,15 @@ impl Dispatcher {
     }
 
     /// Due scheduled runs of an owned shard: written by the next firing batch.
-    pub fn fire(&self, lease: &ShardLease, runs: impl IntoIterator<Item = (RunId, DateTime<Utc>)>) {
+    pub fn fire(&self, lease: &ShardLease, runs: impl IntoIterator<Item = PlannedRun>) {
         let mut state = self.state();
         // An entry left in `upcoming` is skipped there once its fire time has passed.
-        for (id, fire_time) in runs {
-            state.due.push_back(leased(lease, id, fire_time));
+        for run in runs {
+            if run.due_at != run.fire_time {
+                // A retry: its lag counts from its backoff's end, not from its fire.
+                state.due_at.insert(run.id, run.due_at);
+            }
+            state.due.push_back(leased(lease, run.id, run.fire_time));
         }
         drop(state);
         self.fire_wake.notify_one();
@@ -344,6 +350,8 @@ impl Dispatcher {
         state.ready.drop_shard(shard);
         state.upcoming.drop_shard(shard);
         state.due.drop_shard(shard);
+        let State { due, due_at, .. } = &mut *state;
+        due_at.retain(|id, _| due.contains(id));
         let gone: Vec<RunId> = state
             .awaiting
             .iter()

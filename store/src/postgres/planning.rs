@@ -314,8 +314,10 @@ async fn advance_next_fires(
     kept: &[(&Materialize, LockedSchedule)],
     created: &HashMap<Uuid, i64>,
 ) -> Result<()> {
+    /// A schedule's version, next fire after its latest kept fire, and that fire.
+    type Latest = (i64, Option<DateTime<Utc>>, DateTime<Utc>);
     // `kept` is in fire order: the last fire of a schedule wins.
-    let mut latest: HashMap<Uuid, (i64, Option<DateTime<Utc>>, DateTime<Utc>)> = HashMap::new();
+    let mut latest: HashMap<Uuid, Latest> = HashMap::new();
     for (f, s) in kept {
         latest.insert(s.id, (s.version, f.next_fire_at, f.fire_time));
     }

@@ -29,6 +29,9 @@ pub(super) struct FailedRow {
 /// A job's retry policy as stored.
 type PolicyRow = (Uuid, i32, i32, i32);
 
+/// A retry as inserted: id, tenant, shard, fire time, due time.
+type CreatedRow = (Uuid, Uuid, i16, DateTime<Utc>, DateTime<Utc>);
+
 /// Creates the retries the failed runs are owed (see `SchedulerStore::finish_runs`) with
 /// their creation events; answers them with the events to record.
 pub(super) async fn create(
@@ -117,7 +120,7 @@ pub(super) async fn create(
         fire_times.push(f.fire_time);
         delays.push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
     }
-    let created: Vec<(Uuid, Uuid, i16, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let created: Vec<CreatedRow> = sqlx::query_as(
         "INSERT INTO runs (id, tenant_id, job_id, schedule_id, schedule_version, shard, trigger,
              attempt, retry_of, fire_time, due_at, state, env)
          SELECT u.new_id, r.tenant_id, r.job_id, r.schedule_id, r.schedule_version, r.shard, $5,
