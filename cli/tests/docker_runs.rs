@@ -12,7 +12,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Cluster, Options, cluster_with};
-use kairos_testkit::{ContainerCleanup, TestImage, database, etcd, require_docker};
+use kairos_testkit::{
+    ContainerCleanup, TestImage, TestRegistry, database, etcd, require_docker,
+};
 use serde_json::{Value, json};
 
 async fn get(cluster: &Cluster, path: &str) -> Value {
@@ -148,6 +150,83 @@ async fn jobs_on_the_docker_runtime_end_as_a_new_user_expects() {
         .await;
     let r = wait_state(&cluster, &cancelled, terminal).await;
     assert_eq!(r["state"], "cancelled", "{r}");
+}
+
+#[tokio::test]
+async fn a_private_image_is_pulled_with_the_tenants_registry_credential_and_only_with_it() {
+    require_docker().await.unwrap();
+    const PASSWORD: &str = "pull-s3cret-9f2";
+    let registry = TestRegistry::start_with_auth("kairos-bot", PASSWORD)
+        .await
+        .unwrap();
+    let busybox = TestImage::busybox().await.unwrap();
+    let private = registry
+        .push(&busybox, "team/private", "1")
+        .await
+        .unwrap();
+    let worker_id = format!("e2e-pull-{}", uuid_like());
+    let _containers = ContainerCleanup::labelled("kairos.worker_id", &worker_id).unwrap();
+    let options = Options {
+        worker_env: vec![
+            ("KAIROS_RUNTIME".to_owned(), "docker".to_owned()),
+            ("KAIROS_WORKER_ID".to_owned(), worker_id),
+        ],
+        ..Options::default()
+    };
+    let cluster = cluster_with(1, database().await.unwrap(), etcd().await.unwrap(), options).await;
+
+    let created = cluster
+        .post(
+            "/v1/registry-credentials",
+            json!({
+                "name": "team-registry",
+                "server": registry.host(),
+                "username": "kairos-bot",
+                "password": PASSWORD,
+            }),
+        )
+        .await;
+    assert!(created.get("password").is_none(), "{created}");
+
+    // Without the credential the pull is refused and the run says so.
+    let anonymous = execute(&cluster, private.reference(), &["echo", "never"], 60).await;
+    let r = wait_state(&cluster, &anonymous, terminal).await;
+    assert_eq!(
+        (&r["state"], &r["reason"]),
+        (&json!("failed"), &json!("image_pull_failed")),
+        "{r}"
+    );
+
+    let job = cluster
+        .post(
+            "/v1/jobs",
+            json!({
+                "name": "private image",
+                "image": private.reference(),
+                "command": ["echo", "pulled with the credential"],
+                "registry_credential": "team-registry",
+            }),
+        )
+        .await;
+    let job = job["id"].as_str().unwrap().to_owned();
+    let run = cluster
+        .post(&format!("/v1/jobs/{job}/runs"), json!({}))
+        .await;
+    let run = run["id"].as_str().unwrap().to_owned();
+    let r = wait_state(&cluster, &run, terminal).await;
+    assert_eq!(r["state"], "succeeded", "{r}\n{}", cluster.logs());
+    let logs = get(&cluster, &format!("/v1/runs/{run}/logs")).await;
+    assert!(
+        logs["content"]
+            .as_str()
+            .unwrap()
+            .contains("pulled with the credential"),
+        "{logs}"
+    );
+    assert!(
+        !cluster.logs().contains(PASSWORD),
+        "the registry password appears in a process's logs"
+    );
 }
 
 /// A unique suffix without another dependency: the process id and the clock.

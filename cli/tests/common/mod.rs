@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 pub const BIN: &str = env!("CARGO_BIN_EXE_kairos");
 pub const ADMIN: &str = "cluster-admin";
 pub const WORKER_TOKEN: &str = "cluster-worker-token";
+/// The key sealing registry passwords, the same on the API and every scheduler.
+pub const SECRET_KEY: &str = "8f1e0a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
 
 pub struct Cluster {
     pub http: String,
@@ -69,6 +71,7 @@ pub async fn cluster_with(
         ("KAIROS_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
         ("KAIROS_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
         ("KAIROS_ADMIN_TOKEN", ADMIN.to_owned()),
+        ("KAIROS_SECRET_KEY", SECRET_KEY.to_owned()),
     ]);
     let api = KairosProcess::spawn(Path::new(BIN), &["api"], &api_env).unwrap();
     let http = format!("http://127.0.0.1:{http_port}");
@@ -98,6 +101,7 @@ pub async fn cluster_with(
             ("KAIROS_HORIZON_SECONDS", "5".to_owned()),
             ("KAIROS_RESCAN_SECONDS", "1".to_owned()),
             ("KAIROS_WORKER_LOST_SECONDS", "6".to_owned()),
+            ("KAIROS_SECRET_KEY", SECRET_KEY.to_owned()),
         ]);
         node_env.extend(options.scheduler_env.get(i).cloned().unwrap_or_default());
         let node = KairosProcess::spawn(Path::new(BIN), &["scheduler"], &node_env).unwrap();
