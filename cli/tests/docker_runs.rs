@@ -12,9 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Cluster, Options, cluster_with};
-use kairos_testkit::{
-    ContainerCleanup, TestImage, TestRegistry, database, etcd, require_docker,
-};
+use kairos_testkit::{ContainerCleanup, TestImage, TestRegistry, database, etcd, require_docker};
 use serde_json::{Value, json};
 
 async fn get(cluster: &Cluster, path: &str) -> Value {
@@ -160,10 +158,7 @@ async fn a_private_image_is_pulled_with_the_tenants_registry_credential_and_only
         .await
         .unwrap();
     let busybox = TestImage::busybox().await.unwrap();
-    let private = registry
-        .push(&busybox, "team/private", "1")
-        .await
-        .unwrap();
+    let private = registry.push(&busybox, "team/private", "1").await.unwrap();
     let worker_id = format!("e2e-pull-{}", uuid_like());
     let _containers = ContainerCleanup::labelled("kairos.worker_id", &worker_id).unwrap();
     let options = Options {
