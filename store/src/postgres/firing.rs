@@ -12,9 +12,9 @@ use kairos_domain::{FieldError, RunId, RunState, TenantId};
 use uuid::Uuid;
 
 use super::PgStore;
-use super::dispatch::parse_state;
 use super::events::{self, Transition};
 use super::fencing;
+use super::rows::{parse_state, startable};
 use crate::{
     AckedRuns, DueRun, FinishedRun, FinishedRuns, FiredRuns, LeasedRun, Result, RunAck, RunReport,
     StoreError, cap_log_tail,
@@ -55,26 +55,6 @@ fn check_worker_id(worker_id: &str) -> Result<()> {
         .into());
     }
     Ok(())
-}
-
-/// Whether a run may start now: no cancel requested, its schedule (if any) still at the run's
-/// version, its job not deleted. Shared by the fire and the ack, so both refuse alike.
-///
-/// The schedule and job are read, not locked: the run's row lock orders a start against an
-/// edit. Every schedule edit, pause or delete (and every job delete) cancels the runs it
-/// obsoletes in its own transaction, so it either cancelled the run before the start locked it
-/// (the start sees `cancelled` and leaves it), or it waits for the start's commit and then
-/// finds the run running, which it leaves: the start committed first, so I4 holds. Locking the
-/// schedules here would instead make every start wait behind the planner, which holds them
-/// while it records their fires.
-macro_rules! startable {
-    () => {
-        "(NOT r.cancel_requested
-          AND (r.schedule_id IS NULL OR EXISTS (
-                SELECT 1 FROM schedules s
-                WHERE s.id = r.schedule_id AND s.version = r.schedule_version))
-          AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = r.job_id AND j.deleted_at IS NULL))"
-    };
 }
 
 /// Fires due runs; see [`crate::SchedulerStore::fire_runs`].

@@ -11,11 +11,13 @@ mod listen;
 mod offers;
 mod partitions;
 mod planning;
-mod rows;
 mod runs;
 mod schedules;
 mod tenants;
 mod tx;
+
+/// The row types and conversions shared with the other SQL backend.
+use crate::rows;
 
 use std::time::Duration;
 
@@ -261,6 +263,10 @@ impl SchedulerStore for PgStore {
 
     async fn claim_shard(&self, shard: ShardId, token: i64, owner: &str) -> Result<ShardLease> {
         fencing::claim(self, shard, token, owner).await
+    }
+
+    async fn highest_fence_token(&self) -> Result<i64> {
+        fencing::highest_token(self).await
     }
 
     async fn due_schedules(

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{
     PgStore, fencing,
     firing::fire_range,
-    rows::{JobRow, RunRow, job_columns, run_columns, shard_value},
+    rows::{JobRow, RunRow, job_columns, offer, run_columns, shard_value},
 };
 use crate::{Job, LeasedRun, Offer, Result, Run, ShardLease};
 
@@ -99,21 +99,4 @@ pub(super) async fn offers_across(
     runs.into_iter()
         .filter_map(|run| jobs.get(&run.job_id).map(|job| offer(run, job)))
         .collect()
-}
-
-fn offer(run: Run, job: &Job) -> Result<Offer> {
-    let env = super::dispatch::merged_env(&run, job)?;
-    Ok(Offer {
-        run_id: run.id,
-        job_id: run.job_id,
-        image: job.spec.image.clone(),
-        command: job.spec.command.clone(),
-        env,
-        memory: job.spec.memory,
-        timeout: job.spec.timeout,
-        fire_time: run.fire_time,
-        attempt: run.attempt,
-        tenant_id: run.tenant_id,
-        shard: run.shard,
-    })
 }

@@ -1,6 +1,6 @@
-//! Conversions between table rows and domain types, and the page cutting shared by lists; a
-//! row that does not parse becomes `StoreError::Corrupt`, never a panic, and no message here
-//! may carry an env value.
+//! Conversions between table rows and domain types, and the page cutting shared by lists, for
+//! every SQL backend (Postgres and SQLite decode into the same rows); a row that does not parse
+//! becomes `StoreError::Corrupt`, never a panic, and no message here may carry an env value.
 
 use std::collections::BTreeMap;
 
@@ -11,11 +11,13 @@ use kairos_domain::{
     ScheduleId, ScheduleSpec, ShardId, TenantId, TenantName, TimeZone, Trigger,
 };
 use serde_json::Value;
+use sqlx::QueryBuilder;
 use sqlx::types::Json;
-use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::{Job, Page, Result, Run, RunEvent, Schedule, StoreError, Tenant};
+use crate::{
+    Assignment, Job, Offer, Page, PendingRun, Result, Run, RunEvent, Schedule, StoreError, Tenant,
+};
 
 // --- tenants ----------------------------------------------------------------------------------
 
@@ -25,13 +27,13 @@ macro_rules! tenant_columns {
         "id, name, created_at"
     };
 }
-pub(super) use tenant_columns;
+pub(crate) use tenant_columns;
 
 #[derive(Debug, sqlx::FromRow)]
-pub(super) struct TenantRow {
-    id: Uuid,
-    name: String,
-    created_at: DateTime<Utc>,
+pub(crate) struct TenantRow {
+    pub(crate) id: Uuid,
+    pub(crate) name: String,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 impl TryFrom<TenantRow> for Tenant {
@@ -57,25 +59,25 @@ macro_rules! job_columns {
      retry_max_backoff_seconds, labels, version, created_at, updated_at"
     };
 }
-pub(super) use job_columns;
+pub(crate) use job_columns;
 
 #[derive(Debug, sqlx::FromRow)]
-pub(super) struct JobRow {
-    id: Uuid,
-    tenant_id: Uuid,
-    name: String,
-    image: String,
-    command: Vec<String>,
-    env: Json<Value>,
-    memory_mb: i32,
-    timeout_seconds: i32,
-    retry_max_attempts: i32,
-    retry_initial_backoff_seconds: i32,
-    retry_max_backoff_seconds: i32,
-    labels: Json<Value>,
-    version: i64,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+pub(crate) struct JobRow {
+    pub(crate) id: Uuid,
+    pub(crate) tenant_id: Uuid,
+    pub(crate) name: String,
+    pub(crate) image: String,
+    pub(crate) command: Vec<String>,
+    pub(crate) env: Json<Value>,
+    pub(crate) memory_mb: i32,
+    pub(crate) timeout_seconds: i32,
+    pub(crate) retry_max_attempts: i32,
+    pub(crate) retry_initial_backoff_seconds: i32,
+    pub(crate) retry_max_backoff_seconds: i32,
+    pub(crate) labels: Json<Value>,
+    pub(crate) version: i64,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -115,7 +117,7 @@ impl TryFrom<JobRow> for Job {
 
 /// A job spec as column values, in `JOB_COLUMNS` order after `tenant_id`.
 #[derive(Debug)]
-pub(super) struct JobValues<'a> {
+pub(crate) struct JobValues<'a> {
     pub name: &'a str,
     pub image: &'a str,
     pub command: &'a [String],
@@ -129,7 +131,7 @@ pub(super) struct JobValues<'a> {
 }
 
 impl<'a> JobValues<'a> {
-    pub(super) fn of(spec: &'a JobSpec) -> Result<Self> {
+    pub(crate) fn of(spec: &'a JobSpec) -> Result<Self> {
         Ok(Self {
             name: spec.name.as_str(),
             image: spec.image.as_str(),
@@ -162,31 +164,31 @@ macro_rules! schedule_columns {
      created_at, updated_at"
     };
 }
-pub(super) use schedule_columns;
+pub(crate) use schedule_columns;
 
 #[derive(Debug, sqlx::FromRow)]
-pub(super) struct ScheduleRow {
-    id: Uuid,
-    tenant_id: Uuid,
-    job_id: Uuid,
-    shard: i16,
-    kind: String,
-    cron: Option<String>,
-    interval_seconds: Option<i32>,
-    interval_anchor: Option<DateTime<Utc>>,
-    at: Option<DateTime<Utc>>,
-    timezone: String,
-    start_at: Option<DateTime<Utc>>,
-    end_at: Option<DateTime<Utc>>,
-    overlap_policy: String,
-    catchup_window_seconds: i32,
-    jitter_seconds: i32,
-    paused: bool,
-    pause_note: Option<String>,
-    version: i64,
-    next_fire_at: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+pub(crate) struct ScheduleRow {
+    pub(crate) id: Uuid,
+    pub(crate) tenant_id: Uuid,
+    pub(crate) job_id: Uuid,
+    pub(crate) shard: i16,
+    pub(crate) kind: String,
+    pub(crate) cron: Option<String>,
+    pub(crate) interval_seconds: Option<i32>,
+    pub(crate) interval_anchor: Option<DateTime<Utc>>,
+    pub(crate) at: Option<DateTime<Utc>>,
+    pub(crate) timezone: String,
+    pub(crate) start_at: Option<DateTime<Utc>>,
+    pub(crate) end_at: Option<DateTime<Utc>>,
+    pub(crate) overlap_policy: String,
+    pub(crate) catchup_window_seconds: i32,
+    pub(crate) jitter_seconds: i32,
+    pub(crate) paused: bool,
+    pub(crate) pause_note: Option<String>,
+    pub(crate) version: i64,
+    pub(crate) next_fire_at: Option<DateTime<Utc>>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
 }
 
 impl TryFrom<ScheduleRow> for Schedule {
@@ -248,7 +250,7 @@ impl TryFrom<ScheduleRow> for Schedule {
 
 /// A schedule spec as column values (`kind` through `jitter_seconds`).
 #[derive(Debug)]
-pub(super) struct ScheduleValues<'a> {
+pub(crate) struct ScheduleValues<'a> {
     pub kind: &'static str,
     pub cron: Option<&'a str>,
     pub interval_seconds: Option<i32>,
@@ -263,7 +265,7 @@ pub(super) struct ScheduleValues<'a> {
 }
 
 impl<'a> ScheduleValues<'a> {
-    pub(super) fn of(spec: &'a ScheduleSpec) -> Result<Self> {
+    pub(crate) fn of(spec: &'a ScheduleSpec) -> Result<Self> {
         let (kind, cron, interval_seconds, interval_anchor, at) = match &spec.cadence {
             Cadence::Cron(c) => ("cron", Some(c.pattern()), None, None, None),
             Cadence::Interval { seconds, anchor } => (
@@ -301,29 +303,29 @@ macro_rules! run_columns {
      cancel_requested, env, created_at, started_at, finished_at"
     };
 }
-pub(super) use run_columns;
+pub(crate) use run_columns;
 
 #[derive(Debug, sqlx::FromRow)]
-pub(super) struct RunRow {
-    id: Uuid,
-    tenant_id: Uuid,
-    job_id: Uuid,
-    schedule_id: Option<Uuid>,
-    schedule_version: Option<i64>,
-    shard: i16,
-    trigger: String,
-    attempt: i32,
-    retry_of: Option<Uuid>,
-    fire_time: DateTime<Utc>,
-    state: String,
-    reason: Option<String>,
-    exit_code: Option<i32>,
-    worker_id: Option<String>,
-    cancel_requested: bool,
-    env: Json<Value>,
-    created_at: DateTime<Utc>,
-    started_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
+pub(crate) struct RunRow {
+    pub(crate) id: Uuid,
+    pub(crate) tenant_id: Uuid,
+    pub(crate) job_id: Uuid,
+    pub(crate) schedule_id: Option<Uuid>,
+    pub(crate) schedule_version: Option<i64>,
+    pub(crate) shard: i16,
+    pub(crate) trigger: String,
+    pub(crate) attempt: i32,
+    pub(crate) retry_of: Option<Uuid>,
+    pub(crate) fire_time: DateTime<Utc>,
+    pub(crate) state: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) worker_id: Option<String>,
+    pub(crate) cancel_requested: bool,
+    pub(crate) env: Json<Value>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) started_at: Option<DateTime<Utc>>,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<RunRow> for Run {
@@ -366,16 +368,16 @@ macro_rules! event_columns {
         "id, run_id, from_state, to_state, reason, at"
     };
 }
-pub(super) use event_columns;
+pub(crate) use event_columns;
 
 #[derive(Debug, sqlx::FromRow)]
-pub(super) struct EventRow {
-    id: i64,
-    run_id: Uuid,
-    from_state: Option<String>,
-    to_state: String,
-    reason: Option<String>,
-    at: DateTime<Utc>,
+pub(crate) struct EventRow {
+    pub(crate) id: i64,
+    pub(crate) run_id: Uuid,
+    pub(crate) from_state: Option<String>,
+    pub(crate) to_state: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) at: DateTime<Utc>,
 }
 
 impl TryFrom<EventRow> for RunEvent {
@@ -401,10 +403,130 @@ impl TryFrom<EventRow> for RunEvent {
     }
 }
 
+// --- starting runs ----------------------------------------------------------------------------
+
+/// Whether a run may start now: no cancel requested, its schedule (if any) still at the run's
+/// version, its job not deleted. Shared by the fire and the ack, so both refuse alike.
+///
+/// The schedule and job are read, not locked: the run's row lock orders a start against an
+/// edit. Every schedule edit, pause or delete (and every job delete) cancels the runs it
+/// obsoletes in its own transaction, so it either cancelled the run before the start locked it
+/// (the start sees `cancelled` and leaves it), or it waits for the start's commit and then
+/// finds the run running, which it leaves: the start committed first, so I4 holds. Locking the
+/// schedules here would instead make every start wait behind the planner, which holds them
+/// while it records their fires.
+macro_rules! startable {
+    () => {
+        "(NOT r.cancel_requested
+          AND (r.schedule_id IS NULL OR EXISTS (
+                SELECT 1 FROM schedules s
+                WHERE s.id = r.schedule_id AND s.version = r.schedule_version))
+          AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = r.job_id AND j.deleted_at IS NULL))"
+    };
+}
+pub(crate) use startable;
+
+// --- pending runs, assignments and offers ------------------------------------------------
+
+/// A run plus its job's timeout, as recovery and dispatch read it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PendingRow {
+    #[sqlx(flatten)]
+    pub(crate) run: RunRow,
+    pub(crate) timeout_seconds: Option<i32>,
+}
+
+impl TryFrom<PendingRow> for PendingRun {
+    type Error = StoreError;
+
+    fn try_from(row: PendingRow) -> Result<Self> {
+        let run = Run::try_from(row.run)?;
+        let timeout = row
+            .timeout_seconds
+            .ok_or_else(|| StoreError::Corrupt(format!("run {}: its job is missing", run.id)))?;
+        let timeout = RunTimeout::from_seconds(i64::from(timeout)).map_err(|e| {
+            StoreError::Corrupt(format!("job {} of run {}: {e}", run.job_id, run.id))
+        })?;
+        Ok(PendingRun {
+            id: run.id,
+            tenant_id: run.tenant_id,
+            job_id: run.job_id,
+            schedule_id: run.schedule_id,
+            schedule_version: run.schedule_version,
+            trigger: run.trigger,
+            attempt: run.attempt,
+            fire_time: run.fire_time,
+            state: run.state,
+            worker_id: run.worker_id,
+            cancel_requested: run.cancel_requested,
+            started_at: run.started_at,
+            timeout,
+        })
+    }
+}
+
+/// The job's env overridden by the run's own (execute-now overrides).
+pub(crate) fn merged_env(run: &Run, job: &Job) -> Result<Env> {
+    let mut env: BTreeMap<String, String> = job.spec.env.vars().clone();
+    env.extend(run.env.vars().iter().map(|(k, v)| (k.clone(), v.clone())));
+    Env::parse(env).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "run {}: the job's env with the run's overrides is out of bounds: {e}",
+            run.id
+        ))
+    })
+}
+
+pub(crate) fn assignment(run: Run, job: Job, worker_id: &str) -> Result<Assignment> {
+    let env = merged_env(&run, &job)?;
+    let started_at = run
+        .started_at
+        .ok_or_else(|| StoreError::Corrupt(format!("run {}: running without a start", run.id)))?;
+    Ok(Assignment {
+        run_id: run.id,
+        tenant_id: run.tenant_id,
+        job_id: run.job_id,
+        schedule_id: run.schedule_id,
+        image: job.spec.image,
+        command: job.spec.command,
+        env,
+        memory: job.spec.memory,
+        timeout: job.spec.timeout,
+        fire_time: run.fire_time,
+        attempt: run.attempt,
+        worker_id: worker_id.to_owned(),
+        started_at,
+    })
+}
+
+/// What a worker needs to start `run` of `job`.
+pub(crate) fn offer(run: Run, job: &Job) -> Result<Offer> {
+    let env = merged_env(&run, job)?;
+    Ok(Offer {
+        run_id: run.id,
+        job_id: run.job_id,
+        image: job.spec.image.clone(),
+        command: job.spec.command.clone(),
+        env,
+        memory: job.spec.memory,
+        timeout: job.spec.timeout,
+        fire_time: run.fire_time,
+        attempt: run.attempt,
+        tenant_id: run.tenant_id,
+        shard: run.shard,
+    })
+}
+
+/// A state read back from `runs`.
+pub(crate) fn parse_state(run_id: Uuid, raw: &str) -> Result<RunState> {
+    RunState::parse(raw)
+        .ok_or_else(|| StoreError::Corrupt(format!("run {run_id}: unknown state '{raw}'")))
+}
+
 // --- shared -----------------------------------------------------------------------------------
 
 /// Converts every row, failing on the first corrupt one.
-pub(super) fn convert<R, T>(rows: Vec<R>) -> Result<Vec<T>>
+pub(crate) fn convert<R, T>(rows: Vec<R>) -> Result<Vec<T>>
 where
     T: TryFrom<R, Error = StoreError>,
 {
@@ -421,7 +543,12 @@ fn page_size(page: &PageRequest) -> u32 {
 
 /// Ends a list query with the keyset condition, the order and the limit of `page`: one row
 /// more than the page, to learn whether another follows.
-pub(super) fn push_keyset(q: &mut QueryBuilder<Postgres>, page: &PageRequest) {
+pub(crate) fn push_keyset<DB>(q: &mut QueryBuilder<DB>, page: &PageRequest)
+where
+    DB: sqlx::Database,
+    Uuid: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
     if let Some(after) = page.after {
         q.push(" AND id > ").push_bind(after);
     }
@@ -430,7 +557,7 @@ pub(super) fn push_keyset(q: &mut QueryBuilder<Postgres>, page: &PageRequest) {
 }
 
 /// Cuts the rows of a `LIMIT page_limit` query into a page and the token of the next one.
-pub(super) fn page_of<T>(
+pub(crate) fn page_of<T>(
     mut items: Vec<T>,
     page: &PageRequest,
     id: impl Fn(&T) -> Uuid,
@@ -474,7 +601,7 @@ fn state(field: &str, raw: &str) -> Result<RunState, FieldError> {
 }
 
 /// A shard as its `smallint` column value.
-pub(super) fn shard_value(shard: ShardId) -> Result<i16> {
+pub(crate) fn shard_value(shard: ShardId) -> Result<i16> {
     i16::try_from(shard.get()).map_err(|_| {
         StoreError::Invalid(FieldError::new(
             "shard",
@@ -484,7 +611,7 @@ pub(super) fn shard_value(shard: ShardId) -> Result<i16> {
 }
 
 /// A shard number read back from a table.
-pub(super) fn stored_shard(raw: i16) -> Result<ShardId> {
+pub(crate) fn stored_shard(raw: i16) -> Result<ShardId> {
     shard(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -500,7 +627,7 @@ fn uint(field: &str, raw: i32) -> Result<u32, FieldError> {
 }
 
 /// A checked domain number as an SQL `int`; domain limits keep every one far below `i32::MAX`.
-pub(super) fn int(field: &str, value: u32) -> Result<i32> {
+pub(crate) fn int(field: &str, value: u32) -> Result<i32> {
     i32::try_from(value).map_err(|_| {
         StoreError::Invalid(FieldError::new(
             field,

@@ -1,0 +1,308 @@
+//! The batched firing path across shards: fires (`scheduled` → `queued`, and on to `running`
+//! on a worker holding the run), workers' acks and reports, each batch one fenced write
+//! transaction of conditional moves with one event per move (I3); it must never move a run of
+//! a superseded lease, nor start a run a cancel, a schedule change or a job delete obsoleted.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use kairos_domain::{FieldError, RunId, RunState, TenantId};
+use uuid::Uuid;
+
+use super::SqliteStore;
+use super::events::{self, Transition};
+use super::fencing;
+use super::rows::{parse_state, startable};
+use crate::{
+    AckedRuns, DueRun, FinishedRun, FinishedRuns, FiredRuns, Result, RunAck, RunReport, StoreError,
+    cap_log_tail,
+};
+
+/// Longest worker id recorded with a run.
+const MAX_WORKER_ID_LEN: usize = 256;
+
+fn check_worker_id(worker_id: &str) -> Result<()> {
+    if worker_id.is_empty() || worker_id.len() > MAX_WORKER_ID_LEN {
+        return Err(FieldError::new(
+            "worker_id",
+            format!("must be 1 to {MAX_WORKER_ID_LEN} bytes"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn transition(run_id: Uuid, fire_time: DateTime<Utc>, from: RunState, to: RunState) -> Transition {
+    Transition {
+        run_id,
+        fire_time,
+        from: Some(from),
+        to,
+        reason: None,
+    }
+}
+
+/// Fires due runs; see [`crate::SchedulerStore::fire_runs`].
+#[tracing::instrument(skip_all, fields(runs = due.len()))]
+pub(super) async fn fire_runs(store: &SqliteStore, due: &[DueRun]) -> Result<FiredRuns> {
+    if due.is_empty() {
+        return Ok(FiredRuns::default());
+    }
+    for d in due {
+        if let Some(worker) = &d.worker_id {
+            check_worker_id(worker)?;
+        }
+    }
+    let mut tx = store.begin_write().await?;
+    let leases = fencing::sort(tx.conn(), due.iter().map(|d| &d.run.lease)).await?;
+    let mut seen = HashSet::new();
+    let live: Vec<&DueRun> = due
+        .iter()
+        .filter(|d| leases.holds(&d.run.lease) && seen.insert(d.run.id))
+        .collect();
+    let now = tx.now.clone();
+    let mut moved = Vec::with_capacity(live.len());
+    for d in live {
+        // The transaction holds the write lock: what is read here is what is moved.
+        let target: Option<(Uuid, DateTime<Utc>, bool)> = sqlx::query_as(concat!(
+            "SELECT r.tenant_id, r.fire_time, ",
+            startable!(),
+            " FROM runs r
+             WHERE r.id = ?1 AND r.state = 'scheduled'
+               AND r.shard IN (SELECT value FROM json_each(?2))"
+        ))
+        .bind(d.run.id.as_uuid())
+        .bind(leases.shards_json())
+        .fetch_optional(tx.conn())
+        .await?;
+        let Some((tenant, fire_time, may_start)) = target else {
+            continue;
+        };
+        let start = d.worker_id.is_some() && may_start;
+        if start {
+            sqlx::query(
+                "UPDATE runs SET state = 'running', worker_id = ?2, started_at = ?3,
+                     updated_at = ?3
+                 WHERE id = ?1",
+            )
+            .bind(d.run.id.as_uuid())
+            .bind(d.worker_id.as_deref())
+            .bind(&now)
+            .execute(tx.conn())
+            .await?;
+        } else {
+            sqlx::query("UPDATE runs SET state = 'queued', updated_at = ?2 WHERE id = ?1")
+                .bind(d.run.id.as_uuid())
+                .bind(&now)
+                .execute(tx.conn())
+                .await?;
+        }
+        moved.push((d.run.id.as_uuid(), tenant, fire_time, start));
+    }
+    moved.sort_by_key(|(id, _, fire_time, _)| (*fire_time, *id));
+    let mut transitions = Vec::with_capacity(moved.len() * 2);
+    let mut fired = FiredRuns::default();
+    for (id, tenant, fire_time, start) in moved {
+        let tenant = TenantId::from_uuid(tenant);
+        transitions.push((
+            tenant,
+            transition(id, fire_time, RunState::Scheduled, RunState::Queued),
+        ));
+        if start {
+            transitions.push((
+                tenant,
+                transition(id, fire_time, RunState::Queued, RunState::Running),
+            ));
+            fired.started.push(RunId::from_uuid(id));
+        } else {
+            fired.queued.push(RunId::from_uuid(id));
+        }
+    }
+    events::record_across_tenants(&mut tx, &transitions).await?;
+    tx.commit().await?;
+    fired.fenced = leases.fenced;
+    tracing::debug!(
+        asked = due.len(),
+        queued = fired.queued.len(),
+        started = fired.started.len(),
+        "due runs fired"
+    );
+    Ok(fired)
+}
+
+/// Workers' acks; see [`crate::SchedulerStore::ack_runs`].
+#[tracing::instrument(skip_all, fields(runs = acks.len()))]
+pub(super) async fn ack_runs(store: &SqliteStore, acks: &[RunAck]) -> Result<AckedRuns> {
+    if acks.is_empty() {
+        return Ok(AckedRuns::default());
+    }
+    for ack in acks {
+        check_worker_id(&ack.worker_id)?;
+    }
+    let mut tx = store.begin_write().await?;
+    let leases = fencing::sort(tx.conn(), acks.iter().map(|a| &a.run.lease)).await?;
+    let mut seen = HashSet::new();
+    let live: Vec<&RunAck> = acks
+        .iter()
+        .filter(|a| leases.holds(&a.run.lease) && seen.insert(a.run.id))
+        .collect();
+    let now = tx.now.clone();
+    let mut moved = Vec::with_capacity(live.len());
+    for a in live {
+        let started: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(concat!(
+            "UPDATE runs AS r SET state = 'running', worker_id = ?2, started_at = ?3,
+                 updated_at = ?3
+             WHERE r.id = ?1 AND r.state = 'queued'
+               AND r.shard IN (SELECT value FROM json_each(?4)) AND ",
+            startable!(),
+            " RETURNING tenant_id, fire_time"
+        ))
+        .bind(a.run.id.as_uuid())
+        .bind(a.worker_id.as_str())
+        .bind(&now)
+        .bind(leases.shards_json())
+        .fetch_optional(tx.conn())
+        .await?;
+        if let Some((tenant, fire_time)) = started {
+            moved.push((a.run.id.as_uuid(), tenant, fire_time));
+        }
+    }
+    moved.sort_by_key(|(id, _, fire_time)| (*fire_time, *id));
+    let transitions: Vec<(TenantId, Transition)> = moved
+        .iter()
+        .map(|(id, tenant, fire_time)| {
+            (
+                TenantId::from_uuid(*tenant),
+                transition(*id, *fire_time, RunState::Queued, RunState::Running),
+            )
+        })
+        .collect();
+    events::record_across_tenants(&mut tx, &transitions).await?;
+    tx.commit().await?;
+    let started: Vec<RunId> = moved
+        .into_iter()
+        .map(|(id, _, _)| RunId::from_uuid(id))
+        .collect();
+    let fenced = leases.fenced;
+    let started_set: HashSet<RunId> = started.iter().copied().collect();
+    let refused = acks
+        .iter()
+        .filter(|a| !fenced.contains(&a.run.lease.shard()) && !started_set.contains(&a.run.id))
+        .map(|a| a.run.id)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(AckedRuns {
+        started,
+        refused,
+        fenced,
+    })
+}
+
+/// Workers' reports; see [`crate::SchedulerStore::finish_runs`].
+#[tracing::instrument(skip_all, fields(runs = reports.len()))]
+pub(super) async fn finish_runs(
+    store: &SqliteStore,
+    reports: &[RunReport],
+) -> Result<FinishedRuns> {
+    if reports.is_empty() {
+        return Ok(FinishedRuns::default());
+    }
+    let mut tx = store.begin_write().await?;
+    let leases = fencing::sort(tx.conn(), reports.iter().map(|r| &r.run.lease)).await?;
+    // The first report of a run wins; a repeat in the same batch answers as a late report.
+    let mut seen = HashSet::new();
+    let live: Vec<&RunReport> = reports
+        .iter()
+        .filter(|r| leases.holds(&r.run.lease) && seen.insert(r.run.id))
+        .collect();
+    let now = tx.now.clone();
+    let mut applied: HashMap<Uuid, RunState> = HashMap::new();
+    let mut stored: HashMap<Uuid, String> = HashMap::new();
+    let mut finished = Vec::new();
+    for r in &live {
+        let id = r.run.id.as_uuid();
+        let (tail, cut) = cap_log_tail(&r.outcome.log_tail);
+        let moved: Option<(Uuid, DateTime<Utc>, String, Option<String>)> = sqlx::query_as(
+            "UPDATE runs SET state = ?2, reason = ?3, exit_code = ?4, log_tail = ?5,
+                 log_truncated = ?6, finished_at = ?7, updated_at = ?7
+             WHERE id = ?1 AND state = 'running' AND shard IN (SELECT value FROM json_each(?8))
+             RETURNING tenant_id, fire_time, state, reason",
+        )
+        .bind(id)
+        .bind(r.outcome.state.run_state().as_str())
+        .bind(r.outcome.state.reason())
+        .bind(r.outcome.exit_code)
+        .bind(tail)
+        .bind(cut || r.outcome.log_truncated)
+        .bind(&now)
+        .bind(leases.shards_json())
+        .fetch_optional(tx.conn())
+        .await?;
+        match moved {
+            Some((tenant, fire_time, state, reason)) => {
+                let to = parse_state(id, &state)?;
+                applied.insert(id, to);
+                finished.push((
+                    TenantId::from_uuid(tenant),
+                    Transition {
+                        run_id: id,
+                        fire_time,
+                        from: Some(RunState::Running),
+                        to,
+                        reason,
+                    },
+                ));
+            }
+            None => {
+                // Already terminal (a late or repeated report), not started, or not the shard's.
+                let state: Option<String> = sqlx::query_scalar(
+                    "SELECT state FROM runs
+                     WHERE id = ?1 AND shard IN (SELECT value FROM json_each(?2))",
+                )
+                .bind(id)
+                .bind(leases.shards_json())
+                .fetch_optional(tx.conn())
+                .await?;
+                if let Some(state) = state {
+                    stored.insert(id, state);
+                }
+            }
+        }
+    }
+    finished.sort_by_key(|(_, t)| (t.fire_time, t.run_id));
+    events::record_across_tenants(&mut tx, &finished).await?;
+    tx.commit().await?;
+    let fenced = leases.fenced;
+    let mut first = HashSet::new();
+    let mut results = Vec::with_capacity(reports.len());
+    for report in reports {
+        let id = report.run.id;
+        if fenced.contains(&report.run.lease.shard()) {
+            continue;
+        }
+        let repeat = !first.insert(id);
+        let result = match (applied.get(&id.as_uuid()), stored.get(&id.as_uuid())) {
+            (Some(state), _) => Ok(FinishedRun {
+                state: *state,
+                applied: !repeat,
+            }),
+            (None, Some(raw)) => {
+                let state = parse_state(id.as_uuid(), raw)?;
+                if state.is_terminal() {
+                    Ok(FinishedRun {
+                        state,
+                        applied: false,
+                    })
+                } else {
+                    Err(StoreError::FailedPrecondition(format!(
+                        "run is {state}, not running"
+                    )))
+                }
+            }
+            (None, None) => Err(StoreError::NotFound("run")),
+        };
+        results.push((id, result));
+    }
+    Ok(FinishedRuns { results, fenced })
+}
