@@ -459,6 +459,15 @@ async fn plan(
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read queued runs"),
             }
+            // The safety net behind the cancel hint: running runs whose cancel was asked.
+            match store.cancel_requested_across(&shards, 10_000).await {
+                Ok(runs) => {
+                    for (shard, run, _) in runs {
+                        dispatcher.cancel_running(shard, run).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read cancel requests"),
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, http::StatusCode, routing::get};
 use kairos_proto::v1::worker_service_server::WorkerServiceServer;
-use kairos_store::{SchedulerStore, ShardChange};
+use kairos_store::{ChangeKind, SchedulerStore, ShardChange};
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -124,12 +124,14 @@ pub async fn run(
     let hint_dispatcher = dispatcher.clone();
     tasks.spawn(async move {
         while let Some(change) = changes.recv().await {
-            // A queued run the API named goes straight to dispatch; anything else re-plans.
-            let offered = change.run.is_some_and(|(run, fire_time)| {
-                hint_dispatcher.enqueue_announced(change.shard, run, fire_time)
-            });
-            if !offered {
-                hint_wakers.wake(change.shard);
+            match (change.kind, change.run) {
+                (ChangeKind::CancelRequested, Some((run, _))) => {
+                    hint_dispatcher.cancel_running(change.shard, run).await;
+                }
+                // A queued run the API named goes straight to dispatch; anything else re-plans.
+                (ChangeKind::RunQueued, Some((run, fire_time)))
+                    if hint_dispatcher.enqueue_announced(change.shard, run, fire_time) => {}
+                _ => hint_wakers.wake(change.shard),
             }
         }
     });

@@ -97,7 +97,7 @@ pub use client::{Client, ClientBuilder, ClientOptions, DEFAULT_ENDPOINT, RawJobC
 pub use credentials::{Credentials, CredentialsError};
 pub use error::{Error, FIELD_METADATA, code_name};
 pub use jobs::{JobUpdate, NewJob};
-pub use logs::{LogChunk, fresh_output};
+pub use logs::LogChunk;
 pub use pages::{Page, ResultStream};
 pub use retry::RetryPolicy;
 pub use runs::{ExecuteJob, Execution, RunFilter, is_terminal, run_state};

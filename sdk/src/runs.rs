@@ -239,8 +239,27 @@ impl Client {
 
     /// The stored, size-capped tail of a run's output (`truncated` when its head was dropped).
     pub async fn run_logs(&self, run_id: impl fmt::Display) -> Result<GetRunLogsResponse, Error> {
+        self.logs(run_id, None).await
+    }
+
+    /// The run's output from byte `offset` on: pass the last answer's `next_offset` to read
+    /// only what came since (`gap` is set when some of it was already dropped by the cap).
+    pub async fn run_logs_from(
+        &self,
+        run_id: impl fmt::Display,
+        offset: u64,
+    ) -> Result<GetRunLogsResponse, Error> {
+        self.logs(run_id, Some(offset)).await
+    }
+
+    async fn logs(
+        &self,
+        run_id: impl fmt::Display,
+        offset: Option<u64>,
+    ) -> Result<GetRunLogsResponse, Error> {
         let request = GetRunLogsRequest {
             run_id: run_id.to_string(),
+            offset,
         };
         Ok(self
             .call(

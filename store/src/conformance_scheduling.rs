@@ -26,9 +26,9 @@ use crate::conformance::{
     assert_not_found, change, cron_spec, events_of, job, job_spec, manual_run, now, page, tenant,
 };
 use crate::{
-    DueRun, FinishedRun, FireState, Job, LOG_TAIL_MAX_BYTES, LeasedRun, Materialize, NewSchedule,
-    Result, Run, RunAck, RunFilter, RunOutcome, RunReport, Schedule, SchedulerStore, ShardLease,
-    Store, StoreError, TerminalState,
+    DueRun, FinishedRun, FireState, Job, LOG_TAIL_MAX_BYTES, LeasedRun, LiveLog, Materialize,
+    NewSchedule, Result, Run, RunAck, RunFilter, RunOutcome, RunReport, Schedule, SchedulerStore,
+    ShardLease, Store, StoreError, TerminalState,
 };
 
 /// Generates one `#[tokio::test]` per scheduler conformance check, each on a fresh store from
@@ -63,6 +63,8 @@ macro_rules! scheduler_store_conformance_suite {
             batched_acks_and_reports_span_shards_and_record_a_repeated_report_once,
             upcoming_offers_include_scheduled_runs,
             materializing_across_shards_writes_the_current_leases_only,
+            cancel_requests_of_running_runs_are_read_across_shards,
+            live_logs_are_stored_for_running_runs_only_and_never_move_back,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -191,6 +193,7 @@ fn outcome(state: TerminalState, exit_code: Option<i32>, log: &str) -> RunOutcom
         exit_code,
         log_tail: log.to_owned(),
         log_truncated: false,
+        total_bytes: None,
     }
 }
 
@@ -1641,12 +1644,14 @@ pub async fn batched_acks_and_reports_span_shards_and_record_a_repeated_report_o
         exit_code: Some(0),
         log_tail: "done\n".to_owned(),
         log_truncated: false,
+        total_bytes: None,
     };
     let failed = RunOutcome {
         state: TerminalState::Failed(FailureReason::ExitCode),
         exit_code: Some(3),
         log_tail: String::new(),
         log_truncated: false,
+        total_bytes: Some(0),
     };
     let reports = vec![
         RunReport {
@@ -1784,4 +1789,150 @@ pub async fn materializing_across_shards_writes_the_current_leases_only<
     );
     let second = store.get_schedule(w.tenant, s2.id).await.expect("get");
     assert_eq!(second.next_fire_at, Some(fire_times(&s2, 3)[2]));
+}
+
+pub async fn cancel_requests_of_running_runs_are_read_across_shards<S: Store + SchedulerStore>(
+    store: &S,
+) {
+    let w = world(store).await;
+    let ids = scheduled_runs(store, &w, 3).await;
+    queue(store, &w.lease, &ids).await;
+    for id in &ids[..2] {
+        store
+            .ack_run(&w.lease, *id, "worker-1")
+            .await
+            .expect("ack")
+            .expect("started");
+    }
+    assert!(
+        store
+            .cancel_requested_across(&[w.lease.shard()], 100)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    let asked = store.cancel_run(w.tenant, ids[0]).await.expect("cancel");
+    assert_eq!(
+        asked.state,
+        RunState::Running,
+        "a running run is asked, not moved"
+    );
+    assert!(asked.cancel_requested);
+    // A queued run's cancel is immediate: nothing for a worker to stop.
+    store.cancel_run(w.tenant, ids[2]).await.expect("cancel");
+    let found = store
+        .cancel_requested_across(&[w.lease.shard(), other_shard(w.lease.shard())], 100)
+        .await
+        .expect("read");
+    assert_eq!(found, [(w.lease.shard(), ids[0], asked.fire_time)]);
+    assert!(
+        store
+            .cancel_requested_across(&[other_shard(w.lease.shard())], 100)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+}
+
+pub async fn live_logs_are_stored_for_running_runs_only_and_never_move_back<
+    S: Store + SchedulerStore,
+>(
+    store: &S,
+) {
+    let w = world(store).await;
+    let ids = scheduled_runs(store, &w, 2).await;
+    queue(store, &w.lease, &ids).await;
+    store
+        .ack_run(&w.lease, ids[0], "worker-1")
+        .await
+        .expect("ack")
+        .expect("started");
+    let live = |id: RunId, tail: &str, total: u64| LiveLog {
+        run: leased(&w.lease, id, None),
+        tail: tail.to_owned(),
+        total_bytes: total,
+    };
+    let fenced = store
+        .record_live_logs(&[live(ids[0], "hello\n", 6), live(ids[1], "not running", 11)])
+        .await
+        .expect("record");
+    assert!(fenced.is_empty());
+    let logs = store.run_logs(w.tenant, ids[0]).await.expect("logs");
+    assert_eq!(
+        (
+            logs.content.as_str(),
+            logs.total_bytes,
+            logs.truncated,
+            logs.state
+        ),
+        ("hello\n", 6, false, RunState::Running)
+    );
+    let queued = store.run_logs(w.tenant, ids[1]).await.expect("logs");
+    assert_eq!(
+        (queued.content.as_str(), queued.total_bytes),
+        ("", 0),
+        "a queued run has no live output"
+    );
+
+    // More output, with its head dropped by the worker's cap: the count says where it starts.
+    store
+        .record_live_logs(&[live(ids[0], "world\n", 1_000_000)])
+        .await
+        .expect("record");
+    let logs = store.run_logs(w.tenant, ids[0]).await.expect("logs");
+    assert_eq!(
+        (logs.content.as_str(), logs.total_bytes, logs.truncated),
+        ("world\n", 1_000_000, true)
+    );
+    // A late, older tail does not move it back.
+    store
+        .record_live_logs(&[live(ids[0], "hello\n", 6)])
+        .await
+        .expect("record");
+    assert_eq!(
+        store
+            .run_logs(w.tenant, ids[0])
+            .await
+            .expect("logs")
+            .total_bytes,
+        1_000_000
+    );
+
+    // The report's count is the final one.
+    let mut ended = outcome(TerminalState::Succeeded, Some(0), "bye\n");
+    ended.total_bytes = Some(1_000_004);
+    store
+        .finish_run(&w.lease, ids[0], &ended)
+        .await
+        .expect("finish");
+    let logs = store.run_logs(w.tenant, ids[0]).await.expect("logs");
+    assert_eq!(
+        (logs.content.as_str(), logs.total_bytes, logs.state),
+        ("bye\n", 1_000_004, RunState::Succeeded)
+    );
+    // And a tail arriving after the end changes nothing.
+    store
+        .record_live_logs(&[live(ids[0], "late\n", 2_000_000)])
+        .await
+        .expect("record");
+    assert_eq!(
+        store
+            .run_logs(w.tenant, ids[0])
+            .await
+            .expect("logs")
+            .content,
+        "bye\n"
+    );
+
+    // A superseded lease writes nothing.
+    let stale = w.lease.clone();
+    store
+        .claim_shard(w.lease.shard(), 2, "node-b")
+        .await
+        .expect("newer claim");
+    let fenced = store
+        .record_live_logs(&[live(ids[1], "x", 1)])
+        .await
+        .expect("record");
+    assert_eq!(fenced, [stale.shard()]);
 }

@@ -37,6 +37,9 @@ pub const SCHEDULE_CHANGES_CHANNEL: &str = "kairos_schedule_changes";
 /// Channel on which a committed `queued` run is announced; payload: the shard, then (execute
 /// now, trigger) the run id and its fire time in microseconds.
 pub const RUNS_QUEUED_CHANNEL: &str = "kairos_runs_queued";
+/// Channel on which a cancel request for a running run is announced; payload: the shard, the
+/// run id and its fire time in microseconds. The shard's owner tells the run's worker to stop.
+pub const RUNS_CANCEL_CHANNEL: &str = "kairos_runs_cancel";
 
 /// Everything the API needs from storage. Implementations: [`PgStore`] and [`SqliteStore`]
 /// (standalone mode). The conformance suite in [`conformance`] runs against each of them.

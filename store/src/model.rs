@@ -142,8 +142,15 @@ pub struct RunEvent {
 #[derive(Debug, Clone)]
 pub struct RunLogs {
     pub run_id: RunId,
+    /// The end of the output, at most [`crate::LOG_TAIL_MAX_BYTES`].
     pub content: String,
+    /// True when older output was dropped (the content does not start at byte 0).
     pub truncated: bool,
+    /// Bytes of output written in all so far (while the run runs, as of its last live tail).
+    /// The content is the last `content.len()` of them.
+    pub total_bytes: u64,
+    /// The run's state: a follower stops once it is terminal.
+    pub state: RunState,
 }
 
 /// What a partition maintenance pass did (partition table names).

@@ -267,6 +267,8 @@ pub enum ChangeKind {
     Schedule,
     /// A run was queued directly (execute now, trigger, backfill).
     RunQueued,
+    /// A cancel was asked for a running run: its worker must stop it.
+    CancelRequested,
 }
 
 /// How a run ended, as its worker (or the scheduler) reports it.
@@ -305,6 +307,18 @@ pub struct RunOutcome {
     pub log_tail: String,
     /// Whether the worker already dropped the start of the output.
     pub log_truncated: bool,
+    /// Bytes of output written in all, when the worker counted them.
+    pub total_bytes: Option<u64>,
+}
+
+/// The live output of a running run, as its worker last sent it.
+#[derive(Debug, Clone)]
+pub struct LiveLog {
+    pub run: LeasedRun,
+    /// The end of the output so far; stored capped at [`LOG_TAIL_MAX_BYTES`].
+    pub tail: String,
+    /// Bytes of output written so far.
+    pub total_bytes: u64,
 }
 
 /// What `finish_run` left stored.
@@ -412,6 +426,14 @@ pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
     ) -> Result<Vec<(ShardId, DueSchedule)>>;
 
+    /// Running runs of several shards whose cancel was asked, with their fire times (a read:
+    /// the safety net behind the cancel hint).
+    async fn cancel_requested_across(
+        &self,
+        shards: &[ShardId],
+        limit: u32,
+    ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>>;
+
     /// Queued, not cancel-requested runs of several shards with their fire times, oldest
     /// first (a read).
     async fn queued_runs_across(
@@ -437,6 +459,11 @@ pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
     /// Workers' reports of many runs in one transaction, each with the semantics of
     /// [`Self::finish_run`]; a run reported twice in the batch is recorded once.
     async fn finish_runs(&self, reports: &[RunReport]) -> Result<FinishedRuns>;
+
+    /// Stores the live output of running runs of many shards in one transaction (runs no
+    /// longer running are left as they are: their report holds the final output). Answers the
+    /// shards whose lease was superseded.
+    async fn record_live_logs(&self, logs: &[LiveLog]) -> Result<Vec<ShardId>>;
 
     /// What workers need to start these runs of owned shards (a read, across shards): runs
     /// still `queued` (and, with `upcoming`, still `scheduled`), not cancel-requested, whose

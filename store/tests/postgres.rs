@@ -10,8 +10,9 @@ use kairos_domain::{
     TenantName, Trigger,
 };
 use kairos_store::{
-    FireState, Materialize, NewApiKey, NewRun, NewSchedule, PgStore, RUNS_QUEUED_CHANNEL,
-    SCHEDULE_CHANGES_CHANNEL, Schedule, ScheduleChange, SchedulerStore, Store, StoreError,
+    FireState, Materialize, NewApiKey, NewRun, NewSchedule, PgStore, RUNS_CANCEL_CHANNEL,
+    RUNS_QUEUED_CHANNEL, SCHEDULE_CHANGES_CHANNEL, Schedule, ScheduleChange, SchedulerStore, Store,
+    StoreError,
 };
 use kairos_testkit::TestDatabase;
 use sqlx::postgres::PgListener;
@@ -97,7 +98,14 @@ async fn two_concurrent_migrations_both_succeed() {
         .fetch_one(a.pool())
         .await
         .expect("count migrations");
-    assert_eq!(applied, 1);
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+        .expect("the migrations folder")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count();
+    assert_eq!(applied, files as i64, "each migration applied once");
     let month = Utc::now().format("%Y%m").to_string();
     let partitions: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
@@ -260,7 +268,11 @@ async fn committed_changes_are_announced_on_their_channels_with_the_shard() {
     let (store, db) = pg().await;
     let mut listener = PgListener::connect(db.url()).await.expect("listener");
     listener
-        .listen_all([SCHEDULE_CHANGES_CHANNEL, RUNS_QUEUED_CHANNEL])
+        .listen_all([
+            SCHEDULE_CHANGES_CHANNEL,
+            RUNS_QUEUED_CHANNEL,
+            RUNS_CANCEL_CHANNEL,
+        ])
         .await
         .expect("listen");
     let mut next = async || {
@@ -303,7 +315,23 @@ async fn committed_changes_are_announced_on_their_channels_with_the_shard() {
         created.id,
         created.fire_time.timestamp_micros()
     );
-    assert_eq!(next().await, (RUNS_QUEUED_CHANNEL.to_owned(), expected));
+    assert_eq!(
+        next().await,
+        (RUNS_QUEUED_CHANNEL.to_owned(), expected.clone())
+    );
+
+    // A cancel asked for the run once it runs names it to its shard's owner.
+    let lease = store
+        .claim_shard(run.shard, 1, "node-a")
+        .await
+        .expect("claim");
+    store
+        .ack_run(&lease, created.id, "worker-1")
+        .await
+        .expect("ack")
+        .expect("started");
+    store.cancel_run(t, created.id).await.expect("cancel");
+    assert_eq!(next().await, (RUNS_CANCEL_CHANNEL.to_owned(), expected));
 
     let change = ScheduleChange {
         spec,
@@ -516,6 +544,7 @@ async fn nul_bytes_in_a_log_tail_are_stored_replaced() {
         exit_code: Some(0),
         log_tail: "binary\0output".into(),
         log_truncated: false,
+        total_bytes: None,
     };
     store
         .finish_run(&lease, id, &outcome)

@@ -305,6 +305,7 @@ fn report_kind(report: Report) -> worker_message::Kind {
         log_tail: report.finished.log_tail,
         log_truncated: report.finished.log_truncated,
         shard: report.shard,
+        total_bytes: None,
     })
 }
 

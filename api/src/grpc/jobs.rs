@@ -386,11 +386,17 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::GetRunLogsResponse>, Status> {
         let result = async {
             let tenant = self.tenant(&request).await?;
-            let logs = self.0.run_logs(tenant, &request.get_ref().run_id).await?;
+            let asked = request.get_ref();
+            let offset = asked.offset.map(|o| i64::try_from(o).unwrap_or(i64::MAX));
+            let logs = self.0.run_logs(tenant, &asked.run_id, offset).await?;
             Ok(pb::GetRunLogsResponse {
                 run_id: logs.run_id.to_string(),
                 content: logs.content,
                 truncated: logs.truncated,
+                offset: logs.offset,
+                next_offset: logs.next_offset,
+                gap: logs.gap,
+                state: logs.state.as_str().to_owned(),
             })
         }
         .await;

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use kairos_domain::{Cadence, JobDraft, RetryDraft, ScheduleDraft};
-use kairos_store::{Job, Page, Run, RunEvent, RunLogs, Tenant};
+use kairos_store::{Job, Page, Run, RunEvent, Tenant};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::service::{BackfillOutcome, ScheduleView};
+use crate::service::{BackfillOutcome, LogsView, ScheduleView};
 
 // --- requests ----------------------------------------------------------------------------
 
@@ -374,20 +374,39 @@ pub struct RunEventsResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RunLogsResponse {
     pub run_id: String,
-    /// The size-capped tail of stdout and stderr.
+    /// The run's output (stdout and stderr) from `offset` on, within the size-capped tail.
     pub content: String,
     /// True when older output was dropped to respect the cap.
     pub truncated: bool,
+    /// Byte offset, in the run's whole output, of the first byte of `content`.
+    pub offset: u64,
+    /// Bytes written in all so far: pass it as `?offset=` to read only what comes next.
+    pub next_offset: u64,
+    /// True when the asked offset is older than what is kept (the bytes between are lost).
+    pub gap: bool,
+    /// The run's state: output stops growing once it is terminal.
+    pub state: String,
 }
 
-impl From<&RunLogs> for RunLogsResponse {
-    fn from(l: &RunLogs) -> Self {
+impl From<&LogsView> for RunLogsResponse {
+    fn from(l: &LogsView) -> Self {
         Self {
             run_id: l.run_id.to_string(),
             content: l.content.clone(),
             truncated: l.truncated,
+            offset: l.offset,
+            next_offset: l.next_offset,
+            gap: l.gap,
+            state: l.state.as_str().to_owned(),
         }
     }
+}
+
+/// `GET /v1/runs/{run_id}/logs?offset=` — follow a run's output by byte offset.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunLogsQuery {
+    pub offset: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

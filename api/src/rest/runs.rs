@@ -10,7 +10,7 @@ use kairos_domain::PageRequest;
 use super::{
     dto::{
         BackfillBody, BackfillResponse, EmptyBody, ErrorBody, ExecuteBody, RunEventView,
-        RunEventsResponse, RunList, RunListQuery, RunLogsResponse, RunView,
+        RunEventsResponse, RunList, RunListQuery, RunLogsQuery, RunLogsResponse, RunView,
     },
     extract::{Body, Caller, OptionalBody, Query},
 };
@@ -129,15 +129,19 @@ pub async fn cancel_run(
     Ok(Json(RunView::from(&service.cancel_run(tenant, &id).await?)))
 }
 
+/// The run's output; with `offset`, only what it wrote from that byte on (follow a running
+/// run by passing each answer's `next_offset` back).
 #[utoipa::path(get, path = "/v1/runs/{run_id}/logs", tag = "runs", security(("api_key" = [])),
-    params(("run_id" = String, Path)), responses((status = 200, body = RunLogsResponse), (status = 404, body = ErrorBody)))]
+    params(("run_id" = String, Path), ("offset" = Option<i64>, Query, description = "byte offset to read from")),
+    responses((status = 200, body = RunLogsResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn run_logs(
     State(service): State<Service>,
     Caller(tenant): Caller,
     Path(id): Path<String>,
+    Query(q): Query<RunLogsQuery>,
 ) -> Result<Json<RunLogsResponse>, ApiError> {
     Ok(Json(RunLogsResponse::from(
-        &service.run_logs(tenant, &id).await?,
+        &service.run_logs(tenant, &id, q.offset).await?,
     )))
 }
 

@@ -15,7 +15,7 @@ use std::{str::FromStr, sync::Arc};
 use kairos_domain::TenantId;
 use kairos_store::Store;
 
-pub use runs::BackfillOutcome;
+pub use runs::{BackfillOutcome, LogsView};
 pub use schedules::ScheduleView;
 
 use crate::{

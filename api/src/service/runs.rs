@@ -199,13 +199,127 @@ impl Service {
         Ok(run)
     }
 
-    pub async fn run_logs(&self, tenant: TenantId, id: &str) -> Result<RunLogs, ApiError> {
+    /// The run's stored output from byte `offset` on (all of what is kept without one).
+    pub async fn run_logs(
+        &self,
+        tenant: TenantId,
+        id: &str,
+        offset: Option<i64>,
+    ) -> Result<LogsView, ApiError> {
+        let offset = match offset {
+            Some(o) if o < 0 => {
+                return Err(kairos_domain::FieldError::new("offset", "must be 0 or more").into());
+            }
+            Some(o) => Some(o as u64),
+            None => None,
+        };
         let id: RunId = parse_id(id, "run")?;
-        Ok(self.store().run_logs(tenant, id).await?)
+        let logs = self.store().run_logs(tenant, id).await?;
+        Ok(LogsView::from_offset(logs, offset))
     }
 
     pub async fn run_events(&self, tenant: TenantId, id: &str) -> Result<Vec<RunEvent>, ApiError> {
         let id: RunId = parse_id(id, "run")?;
         Ok(self.store().run_events(tenant, id).await?)
+    }
+}
+
+/// A run's output as a reader following it sees it: the part from the asked offset on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogsView {
+    pub run_id: RunId,
+    /// The output from `offset` up to `next_offset`.
+    pub content: String,
+    /// True when output older than what is kept was dropped.
+    pub truncated: bool,
+    /// Byte offset (in the run's whole output) of the first byte of `content`.
+    pub offset: u64,
+    /// Bytes written in all so far: ask from here next time.
+    pub next_offset: u64,
+    /// True when the asked offset is older than what is kept: the bytes between were lost.
+    pub gap: bool,
+    pub state: kairos_domain::RunState,
+}
+
+impl LogsView {
+    /// Cuts the stored tail at `offset` (moved forward to a character boundary).
+    pub fn from_offset(logs: RunLogs, offset: Option<u64>) -> Self {
+        let total = logs.total_bytes.max(logs.content.len() as u64);
+        let start = total - logs.content.len() as u64;
+        let asked = offset.unwrap_or(start);
+        let gap = asked < start;
+        let from = asked.clamp(start, total);
+        let mut cut = (from - start) as usize;
+        while cut < logs.content.len() && !logs.content.is_char_boundary(cut) {
+            cut += 1;
+        }
+        Self {
+            run_id: logs.run_id,
+            content: logs.content[cut..].to_owned(),
+            truncated: logs.truncated,
+            offset: start + cut as u64,
+            next_offset: total,
+            gap,
+            state: logs.state,
+        }
+    }
+}
+
+#[cfg(test)]
+mod logs_tests {
+    use kairos_domain::RunState;
+
+    use super::*;
+
+    fn logs(content: &str, total: u64) -> RunLogs {
+        RunLogs {
+            run_id: RunId::generate(),
+            content: content.to_owned(),
+            truncated: total > content.len() as u64,
+            total_bytes: total,
+            state: RunState::Running,
+        }
+    }
+
+    #[test]
+    fn without_an_offset_everything_kept_is_served() {
+        let v = LogsView::from_offset(logs("abcdef", 10), None);
+        assert_eq!(
+            (v.content.as_str(), v.offset, v.next_offset, v.gap),
+            ("abcdef", 4, 10, false)
+        );
+    }
+
+    #[test]
+    fn an_offset_inside_the_tail_serves_only_the_new_part() {
+        let v = LogsView::from_offset(logs("abcdef", 10), Some(7));
+        assert_eq!(
+            (v.content.as_str(), v.offset, v.next_offset, v.gap),
+            ("def", 7, 10, false)
+        );
+        let v = LogsView::from_offset(logs("abcdef", 10), Some(10));
+        assert_eq!((v.content.as_str(), v.offset, v.gap), ("", 10, false));
+    }
+
+    #[test]
+    fn an_offset_older_than_the_tail_says_there_is_a_gap() {
+        let v = LogsView::from_offset(logs("abcdef", 10), Some(1));
+        assert_eq!((v.content.as_str(), v.offset, v.gap), ("abcdef", 4, true));
+    }
+
+    #[test]
+    fn an_offset_past_the_end_serves_nothing() {
+        let v = LogsView::from_offset(logs("abc", 3), Some(99));
+        assert_eq!(
+            (v.content.as_str(), v.offset, v.next_offset, v.gap),
+            ("", 3, 3, false)
+        );
+    }
+
+    #[test]
+    fn a_cut_never_splits_a_character() {
+        // "€" is 3 bytes: offset 1 lands inside it and moves to the next character.
+        let v = LogsView::from_offset(logs("€x", 4), Some(1));
+        assert_eq!((v.content.as_str(), v.offset), ("x", 3));
     }
 }

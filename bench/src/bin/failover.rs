@@ -5,8 +5,12 @@
 //! fires, the worst lateness (`started_at - fire_time`) before and after the kill, and how long
 //! until every shard was fenced by the survivor.
 //!
+//! With `--synthetic`, an in-process synthetic worker takes every run at once instead of
+//! `kairos worker` starting processes: the scheduler's own failover, without the worker's
+//! backlog of process starts.
+//!
 //! Run: `cargo build --release -p kairos-cli -p kairos-bench &&
-//! target/release/failover [RATE] [LEASE_TTL_SECONDS]`
+//! target/release/failover [--synthetic] [RATE] [LEASE_TTL_SECONDS]`
 //! A measurement, not a test: it never asserts, and it must never target anything but loopback.
 
 use std::time::Duration;
@@ -19,16 +23,16 @@ type Ts = sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc>;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let synthetic_worker = raw.iter().any(|a| a == "--synthetic");
+    let args: Vec<u64> = raw.iter().filter_map(|a| a.parse().ok()).collect();
     let rate = args.first().copied().unwrap_or(500) as usize;
     let ttl = args.get(1).copied().unwrap_or(10);
     let mut stack = Stack::start(&StackOptions {
         schedulers: 2,
         worker_slots: (rate * 2).max(512),
         lease_ttl_seconds: ttl,
+        synthetic_worker,
         ..StackOptions::default()
     })
     .await?;
@@ -89,11 +93,16 @@ async fn main() -> Result<()> {
     let s = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.2}"));
     println!("machine: {}", machine());
     println!(
-        "| fires/s | lease TTL s | shards of the killed node | takeover s | expected | runs | missed | skipped | duplicates | worst lateness before kill s | worst lateness after kill s | lateness p99 s |"
+        "| fires/s | worker | lease TTL s | shards of the killed node | takeover s | expected | runs | missed | skipped | duplicates | worst lateness before kill s | worst lateness after kill s | lateness p99 s |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {rate} | {ttl} | {owned_by_victim} | {} | {expected} | {runs} | {missed} | {skipped} | {duplicates} | {} | {} | {} |",
+        "| {rate} | {} | {ttl} | {owned_by_victim} | {} | {expected} | {runs} | {missed} | {skipped} | {duplicates} | {} | {} | {} |",
+        if synthetic_worker {
+            "synthetic"
+        } else {
+            "process"
+        },
         takeover.map_or("-".to_owned(), |d| format!("{:.2}", d.as_secs_f64())),
         s(worst_before),
         s(worst_after),

@@ -131,6 +131,7 @@ impl Dispatcher {
                         id,
                         Running {
                             run: ack.run,
+                            session: Some(session),
                             last_seen: now,
                         },
                     );
@@ -177,6 +178,7 @@ impl Dispatcher {
                     exit_code: report.exit_code,
                     log_tail: report.log_tail,
                     log_truncated: report.log_truncated,
+                    total_bytes: report.total_bytes,
                 };
                 reports.push((session, RunReport { run, outcome }));
             }

@@ -137,6 +137,7 @@ impl Dispatcher {
                         run.id,
                         Running {
                             run: run.clone(),
+                            session: held.as_ref().map(|a| a.session),
                             last_seen: now,
                         },
                     );

@@ -13,6 +13,7 @@
 mod assign;
 mod batch;
 mod fire;
+mod logs;
 mod queue;
 mod session;
 
@@ -82,6 +83,8 @@ struct Awaiting {
 #[derive(Debug)]
 struct Running {
     run: LeasedRun,
+    /// The stream of the worker running it; `None` for a run found running on a claim.
+    session: Option<u64>,
     last_seen: Instant,
 }
 
@@ -126,6 +129,7 @@ pub struct Dispatcher {
     fire_wake: Arc<Notify>,
     acks: mpsc::Sender<AckIn>,
     reports: mpsc::Sender<ReportIn>,
+    live_logs: mpsc::Sender<kairos_proto::v1::worker_message::LogTail>,
     inboxes: Arc<Mutex<Option<Inboxes>>>,
     store: Arc<dyn SchedulerStore>,
     config: Arc<DispatchConfig>,
@@ -137,21 +141,25 @@ pub struct Dispatcher {
 struct Inboxes {
     acks: mpsc::Receiver<AckIn>,
     reports: mpsc::Receiver<ReportIn>,
+    live_logs: mpsc::Receiver<kairos_proto::v1::worker_message::LogTail>,
 }
 
 impl Dispatcher {
     pub fn new(store: Arc<dyn SchedulerStore>, config: DispatchConfig, metrics: Metrics) -> Self {
         let (acks, acks_rx) = mpsc::channel(BATCH_BUFFER);
         let (reports, reports_rx) = mpsc::channel(BATCH_BUFFER);
+        let (live_logs, live_logs_rx) = mpsc::channel(BATCH_BUFFER);
         Self {
             state: Arc::default(),
             wake: Arc::default(),
             fire_wake: Arc::default(),
             acks,
             reports,
+            live_logs,
             inboxes: Arc::new(Mutex::new(Some(Inboxes {
                 acks: acks_rx,
                 reports: reports_rx,
+                live_logs: live_logs_rx,
             }))),
             store,
             config: Arc::new(config),
@@ -246,8 +254,42 @@ impl Dispatcher {
         for (id, fire_time) in runs {
             state.running.entry(id).or_insert(Running {
                 run: leased(lease, id, fire_time),
+                session: None,
                 last_seen: Instant::now(),
             });
+        }
+    }
+
+    /// A cancel was asked for a running run of an owned shard: its worker is told to stop it
+    /// (and reports it `cancelled`). A run found running on a claim, whose worker is not
+    /// known yet, is named to every connected worker; the others ignore it.
+    pub async fn cancel_running(&self, shard: ShardId, run: RunId) {
+        let targets: Vec<mpsc::Sender<Result<SchedulerMessage, Status>>> = {
+            let state = self.state();
+            if !state.leases.contains_key(&shard) {
+                return;
+            }
+            let Some(running) = state.running.get(&run) else {
+                return;
+            };
+            match running.session {
+                Some(session) => state
+                    .sessions
+                    .get(&session)
+                    .map(|s| s.tx.clone())
+                    .into_iter()
+                    .collect(),
+                None => state.sessions.values().map(|s| s.tx.clone()).collect(),
+            }
+        };
+        tracing::info!(run_id = %run, shard = shard.get(), "asking the worker to stop a cancelled run");
+        let message = SchedulerMessage {
+            kind: Some(scheduler_message::Kind::Cancel(scheduler_message::Cancel {
+                run_id: run.to_string(),
+            })),
+        };
+        for tx in targets {
+            let _ = tx.send(Ok(message.clone())).await;
         }
     }
 
@@ -303,6 +345,7 @@ impl Dispatcher {
         tasks.spawn(self.clone().fire_loop(coordinator, stop.clone()));
         tasks.spawn(self.clone().ack_loop(inboxes.acks, stop.clone()));
         tasks.spawn(self.clone().report_loop(inboxes.reports, stop.clone()));
+        tasks.spawn(self.clone().log_loop(inboxes.live_logs, stop.clone()));
         tasks.close();
         self.assign_loop(stop).await;
         tasks.wait().await;

@@ -119,9 +119,12 @@ impl Dispatcher {
         self.close_session(session);
     }
 
-    /// The live output of a running run. Not stored yet: the report carries the final tail.
+    /// The live output of a running run, for the log batch. Never waits: under load a tail is
+    /// dropped, and the next one (or the report) supersedes it.
     fn live_log(&self, tail: worker_message::LogTail) {
-        tracing::trace!(run_id = %tail.run_id, bytes = tail.total_bytes, "live log tail");
+        if self.live_logs.try_send(tail).is_err() {
+            tracing::trace!("live log tail dropped: the log batch is behind");
+        }
     }
 }
 

@@ -252,12 +252,18 @@ pub(super) async fn finish_runs(store: &PgStore, reports: &[RunReport]) -> Resul
     let mut exit_codes = Vec::with_capacity(n);
     let mut tails = Vec::with_capacity(n);
     let mut truncated = Vec::with_capacity(n);
+    let mut totals = Vec::with_capacity(n);
     for r in &live {
         let (tail, cut) = cap_log_tail(&r.outcome.log_tail);
         ids.push(r.run.id.as_uuid());
         states.push(r.outcome.state.run_state().as_str());
         reasons.push(r.outcome.state.reason());
         exit_codes.push(r.outcome.exit_code);
+        totals.push(
+            r.outcome
+                .total_bytes
+                .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+        );
         tails.push(tail);
         truncated.push(cut || r.outcome.log_truncated);
     }
@@ -266,8 +272,8 @@ pub(super) async fn finish_runs(store: &PgStore, reports: &[RunReport]) -> Resul
         let finished: Vec<FinishedRow> = sqlx::query_as(
             "WITH input AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[],
-                                      $6::bool[])
-                     AS i(id, state, reason, exit_code, log_tail, log_truncated)
+                                      $6::bool[], $10::bigint[])
+                     AS i(id, state, reason, exit_code, log_tail, log_truncated, log_bytes)
              ),
              target AS (
                  SELECT r.id, r.fire_time FROM runs r JOIN input i ON i.id = r.id
@@ -279,6 +285,9 @@ pub(super) async fn finish_runs(store: &PgStore, reports: &[RunReport]) -> Resul
              UPDATE runs r
              SET state = i.state, reason = i.reason, exit_code = i.exit_code,
                  log_tail = i.log_tail, log_truncated = i.log_truncated,
+                 -- The worker's count if it sent one; else at least what the tail holds.
+                 log_bytes = COALESCE(i.log_bytes,
+                                      GREATEST(r.log_bytes, octet_length(i.log_tail))),
                  finished_at = now(), updated_at = now()
              FROM target t JOIN input i ON i.id = t.id
              WHERE r.id = t.id AND r.fire_time = t.fire_time
@@ -293,6 +302,7 @@ pub(super) async fn finish_runs(store: &PgStore, reports: &[RunReport]) -> Resul
         .bind(&shards)
         .bind(range.0)
         .bind(range.1)
+        .bind(&totals)
         .fetch_all(batch.tx.conn())
         .await?;
         let mut transitions = Vec::with_capacity(finished.len());

@@ -1,4 +1,4 @@
-//! Follows the API's change hints: LISTEN on the schedule and queued-run channels and forward
+//! Follows the API's change hints: LISTEN on the schedule, queued-run and cancel channels and forward
 //! each committed NOTIFY as a `ShardChange`. Hints only: losing one delays work until the next
 //! rescan, never loses it, so this module never retries on its own.
 
@@ -9,7 +9,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::PgStore;
-use crate::{ChangeKind, RUNS_QUEUED_CHANNEL, Result, SCHEDULE_CHANGES_CHANNEL, ShardChange};
+use crate::{
+    ChangeKind, RUNS_CANCEL_CHANNEL, RUNS_QUEUED_CHANNEL, Result, SCHEDULE_CHANGES_CHANNEL,
+    ShardChange,
+};
 
 pub(super) async fn follow_changes(
     store: &PgStore,
@@ -18,7 +21,11 @@ pub(super) async fn follow_changes(
 ) -> Result<()> {
     let mut listener = PgListener::connect_with(store.pool()).await?;
     listener
-        .listen_all([SCHEDULE_CHANGES_CHANNEL, RUNS_QUEUED_CHANNEL])
+        .listen_all([
+            SCHEDULE_CHANGES_CHANNEL,
+            RUNS_QUEUED_CHANNEL,
+            RUNS_CANCEL_CHANNEL,
+        ])
         .await?;
     loop {
         let notification = tokio::select! {
@@ -28,6 +35,7 @@ pub(super) async fn follow_changes(
         let kind = match notification.channel() {
             SCHEDULE_CHANGES_CHANNEL => ChangeKind::Schedule,
             RUNS_QUEUED_CHANNEL => ChangeKind::RunQueued,
+            RUNS_CANCEL_CHANNEL => ChangeKind::CancelRequested,
             _ => continue,
         };
         let Some((shard, run)) = parse_payload(notification.payload()) else {

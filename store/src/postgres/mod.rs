@@ -8,6 +8,7 @@ mod fencing;
 mod firing;
 mod jobs;
 mod listen;
+mod logs;
 mod offers;
 mod partitions;
 mod planning;
@@ -31,10 +32,10 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::{
     AckedRuns, Assignment, DueRun, DueSchedule, FinishedRun, FinishedRuns, FiredRuns, Job,
-    LeasedRun, Materialize, MaterializedAcross, MaterializedRun, NewApiKey, NewRun, NewSchedule,
-    Offer, Page, PartitionReport, PendingRun, Result, Run, RunAck, RunEvent, RunFilter, RunLogs,
-    RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore, ShardChange, ShardLease,
-    Store, Tenant,
+    LeasedRun, LiveLog, Materialize, MaterializedAcross, MaterializedRun, NewApiKey, NewRun,
+    NewSchedule, Offer, Page, PartitionReport, PendingRun, Result, Run, RunAck, RunEvent,
+    RunFilter, RunLogs, RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore,
+    ShardChange, ShardLease, Store, Tenant,
 };
 
 pub use partitions::DEFAULT_RETENTION_DAYS;
@@ -233,8 +234,20 @@ impl SchedulerStore for PgStore {
         planning::queued_runs_across(self, shards, limit).await
     }
 
+    async fn cancel_requested_across(
+        &self,
+        shards: &[ShardId],
+        limit: u32,
+    ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
+        planning::cancel_requested_across(self, shards, limit).await
+    }
+
     async fn run_offers(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<Offer>> {
         offers::run_offers(self, lease, run_ids).await
+    }
+
+    async fn record_live_logs(&self, logs: &[LiveLog]) -> Result<Vec<ShardId>> {
+        logs::record_live_logs(self, logs).await
     }
 
     async fn offers_across(&self, runs: &[LeasedRun], upcoming: bool) -> Result<Vec<Offer>> {

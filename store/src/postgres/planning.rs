@@ -379,6 +379,44 @@ pub(super) async fn queued_runs_across(
     shards: &[ShardId],
     limit: u32,
 ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
+    runs_across(
+        store,
+        shards,
+        limit,
+        "SELECT shard, id, fire_time FROM runs
+         WHERE shard = ANY($1) AND state = 'queued' AND NOT cancel_requested
+         ORDER BY fire_time, id
+         LIMIT $2",
+    )
+    .await
+}
+
+/// Running runs of many owned shards whose cancel was asked (a read).
+#[tracing::instrument(skip_all, fields(shards = shards.len()))]
+pub(super) async fn cancel_requested_across(
+    store: &PgStore,
+    shards: &[ShardId],
+    limit: u32,
+) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
+    runs_across(
+        store,
+        shards,
+        limit,
+        "SELECT shard, id, fire_time FROM runs
+         WHERE shard = ANY($1) AND state = 'running' AND cancel_requested
+         ORDER BY fire_time, id
+         LIMIT $2",
+    )
+    .await
+}
+
+/// Runs of the shards picked by `sql` (`$1` shards, `$2` limit; selects shard, id, fire time).
+async fn runs_across(
+    store: &PgStore,
+    shards: &[ShardId],
+    limit: u32,
+    sql: &'static str,
+) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
     if limit == 0 || shards.is_empty() {
         return Ok(Vec::new());
     }
@@ -386,25 +424,12 @@ pub(super) async fn queued_runs_across(
         .iter()
         .map(|s| shard_value(*s))
         .collect::<Result<_>>()?;
-    let rows: Vec<(i16, Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT shard, id, fire_time FROM runs
-         WHERE shard = ANY($1) AND state = 'queued' AND NOT cancel_requested
-         ORDER BY fire_time, id
-         LIMIT $2",
-    )
-    .bind(&shard_values)
-    .bind(i64::from(limit))
-    .fetch_all(store.pool())
-    .await?;
+    let rows: Vec<(i16, Uuid, DateTime<Utc>)> = sqlx::query_as(sql)
+        .bind(&shard_values)
+        .bind(i64::from(limit))
+        .fetch_all(store.pool())
+        .await?;
     rows.into_iter()
-        .map(|(shard, id, fire_time)| {
-            let shard = u16::try_from(shard)
-                .ok()
-                .and_then(ShardId::new)
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("run {id}: shard {shard} out of range"))
-                })?;
-            Ok((shard, RunId::from_uuid(id), fire_time))
-        })
+        .map(|(shard, id, fire_time)| Ok((shard_id(shard)?, RunId::from_uuid(id), fire_time)))
         .collect()
 }

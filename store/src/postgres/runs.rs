@@ -15,7 +15,8 @@ use super::rows::{RunRow, convert, page_of, push_keyset, run_columns, shard_valu
 use super::tx::Tx;
 use super::{PgStore, jobs, schedules};
 use crate::{
-    NewRun, Page, RUNS_QUEUED_CHANNEL, Result, Run, RunFilter, RunLogs, Schedule, StoreError,
+    NewRun, Page, RUNS_CANCEL_CHANNEL, RUNS_QUEUED_CHANNEL, Result, Run, RunFilter, RunLogs,
+    Schedule, StoreError,
 };
 
 /// Longest idempotency key accepted (it is part of a btree primary key).
@@ -120,7 +121,7 @@ pub(super) async fn create(
     )
     .await?;
     if run.state == RunState::Queued {
-        tx.notify_queued_run(run.shard, run.id, run.fire_time)
+        tx.notify_run(RUNS_QUEUED_CHANNEL, run.shard, run.id, run.fire_time)
             .await?;
     }
     tx.commit().await?;
@@ -299,7 +300,11 @@ pub(super) async fn cancel(store: &PgStore, tenant: TenantId, id: RunId) -> Resu
             .bind(fire_time)
             .fetch_one(tx.conn())
             .await?;
-            Run::try_from(row)?
+            let run = Run::try_from(row)?;
+            // The shard's scheduler tells the run's worker to stop it (it reports `cancelled`).
+            tx.notify_run(RUNS_CANCEL_CHANNEL, run.shard, run.id, run.fire_time)
+                .await?;
+            run
         }
         from if from.can_move_to(RunState::Cancelled) => {
             let row: RunRow = sqlx::query_as(concat!(
@@ -343,17 +348,25 @@ pub(super) async fn cancel(store: &PgStore, tenant: TenantId, id: RunId) -> Resu
 
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, run_id = %id))]
 pub(super) async fn logs(pool: &PgPool, tenant: TenantId, id: RunId) -> Result<RunLogs> {
-    let row: Option<(Option<String>, bool)> =
-        sqlx::query_as("SELECT log_tail, log_truncated FROM runs WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant.as_uuid())
-            .bind(id.as_uuid())
-            .fetch_optional(pool)
-            .await?;
-    let (content, truncated) = row.ok_or(StoreError::NotFound("run"))?;
+    let row: Option<(Option<String>, bool, i64, String)> = sqlx::query_as(
+        "SELECT log_tail, log_truncated, log_bytes, state FROM runs
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .fetch_optional(pool)
+    .await?;
+    let (content, truncated, total, state) = row.ok_or(StoreError::NotFound("run"))?;
+    let content = content.unwrap_or_default();
+    let state = RunState::parse(&state)
+        .ok_or_else(|| StoreError::Corrupt(format!("run {id}: unknown state '{state}'")))?;
     Ok(RunLogs {
         run_id: id,
-        content: content.unwrap_or_default(),
+        // Never less than what is kept (rows written before the count existed).
+        total_bytes: u64::try_from(total).unwrap_or(0).max(content.len() as u64),
+        content,
         truncated,
+        state,
     })
 }
 

@@ -41,17 +41,18 @@ impl Tx {
         Ok(())
     }
 
-    /// Queues a NOTIFY on the queued-runs channel naming one run: `<shard> <run id> <fire time
-    /// in microseconds>`, so the shard's owner can offer it without a scan. Delivered only if
-    /// the transaction commits.
-    pub(crate) async fn notify_queued_run(
+    /// Queues a NOTIFY on `channel` naming one run: `<shard> <run id> <fire time in
+    /// microseconds>`, so the shard's owner can act on it without a scan (offer a queued run,
+    /// stop a run whose cancel was asked). Delivered only if the transaction commits.
+    pub(crate) async fn notify_run(
         &mut self,
+        channel: &str,
         shard: ShardId,
         run: RunId,
         fire_time: DateTime<Utc>,
     ) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(crate::RUNS_QUEUED_CHANNEL)
+            .bind(channel)
             .bind(format!(
                 "{} {} {}",
                 shard.get(),
