@@ -1,5 +1,5 @@
 -- Kairos schema for the SQLite store of standalone mode, version 1: the same tables as the
--- Postgres schema one directory up (tenants and API keys, jobs, schedules, runs and their
+-- Postgres schema one directory up (its 0001 and 0002) (tenants and API keys, jobs, schedules, runs and their
 -- events, idempotency keys and shard fences), in SQLite's types:
 --
 -- * ids are 16-byte BLOBs (UUIDs; BLOBs compare bytewise, so they sort as Postgres' uuid);
@@ -115,6 +115,9 @@ CREATE TABLE runs (
     env              TEXT    NOT NULL DEFAULT '{}' CHECK (json_valid(env) AND json_type(env) = 'object'),
     log_tail         TEXT,
     log_truncated    INTEGER NOT NULL DEFAULT 0 CHECK (log_truncated IN (0, 1)),
+    -- How many bytes of output the run has written in all (its live tail while it runs, its
+    -- final count once it ended); `log_bytes - length(log_tail)` is the offset of the tail.
+    log_bytes        INTEGER NOT NULL DEFAULT 0 CHECK (log_bytes >= 0),
     created_at       TEXT    NOT NULL,
     updated_at       TEXT    NOT NULL,
     started_at       TEXT,

@@ -1,5 +1,5 @@
 //! The batched firing path across shards: fires (`scheduled` → `queued`, and on to `running`
-//! on a worker holding the run), workers' acks and reports, each batch one fenced write
+//! on a worker holding the run), workers' acks, reports and live output, each batch one fenced write
 //! transaction of conditional moves with one event per move (I3); it must never move a run of
 //! a superseded lease, nor start a run a cancel, a schedule change or a job delete obsoleted.
 
@@ -14,8 +14,8 @@ use super::events::{self, Transition};
 use super::fencing;
 use super::rows::{parse_state, startable};
 use crate::{
-    AckedRuns, DueRun, FinishedRun, FinishedRuns, FiredRuns, Result, RunAck, RunReport, StoreError,
-    cap_log_tail,
+    AckedRuns, DueRun, FinishedRun, FinishedRuns, FiredRuns, LiveLog, Result, RunAck, RunReport,
+    StoreError, cap_log_tail,
 };
 
 /// Longest worker id recorded with a run.
@@ -223,9 +223,12 @@ pub(super) async fn finish_runs(
     for r in &live {
         let id = r.run.id.as_uuid();
         let (tail, cut) = cap_log_tail(&r.outcome.log_tail);
+        let tail_bytes = tail.len() as i64;
         let moved: Option<(Uuid, DateTime<Utc>, String, Option<String>)> = sqlx::query_as(
+            // The worker's byte count if it sent one; else at least what the tail holds.
             "UPDATE runs SET state = ?2, reason = ?3, exit_code = ?4, log_tail = ?5,
-                 log_truncated = ?6, finished_at = ?7, updated_at = ?7
+                 log_truncated = ?6, finished_at = ?7, updated_at = ?7,
+                 log_bytes = coalesce(?9, max(log_bytes, ?10))
              WHERE id = ?1 AND state = 'running' AND shard IN (SELECT value FROM json_each(?8))
              RETURNING tenant_id, fire_time, state, reason",
         )
@@ -237,6 +240,12 @@ pub(super) async fn finish_runs(
         .bind(cut || r.outcome.log_truncated)
         .bind(&now)
         .bind(leases.shards_json())
+        .bind(
+            r.outcome
+                .total_bytes
+                .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+        )
+        .bind(tail_bytes)
         .fetch_optional(tx.conn())
         .await?;
         match moved {
@@ -305,4 +314,46 @@ pub(super) async fn finish_runs(
         results.push((id, result));
     }
     Ok(FinishedRuns { results, fenced })
+}
+
+/// Stores the latest live tail of each running run (the last one given wins), only forward;
+/// see [`crate::SchedulerStore::record_live_logs`].
+#[tracing::instrument(skip_all, fields(runs = logs.len()))]
+pub(super) async fn record_live_logs(
+    store: &SqliteStore,
+    logs: &[LiveLog],
+) -> Result<Vec<kairos_domain::ShardId>> {
+    if logs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = store.begin_write().await?;
+    let leases = fencing::sort(tx.conn(), logs.iter().map(|l| &l.run.lease)).await?;
+    let mut latest: HashMap<Uuid, &LiveLog> = HashMap::new();
+    for log in logs.iter().filter(|l| leases.holds(&l.run.lease)) {
+        latest.insert(log.run.id.as_uuid(), log);
+    }
+    let mut entries: Vec<(Uuid, &LiveLog)> = latest.into_iter().collect();
+    entries.sort_unstable_by_key(|(id, _)| *id);
+    for (id, log) in entries {
+        let (tail, cut) = cap_log_tail(&log.tail);
+        let total = i64::try_from(log.total_bytes)
+            .unwrap_or(i64::MAX)
+            .max(tail.len() as i64);
+        let truncated = cut || log.total_bytes > tail.len() as u64;
+        // Only forward: a late tail never replaces a longer count already stored.
+        sqlx::query(
+            "UPDATE runs SET log_tail = ?2, log_truncated = ?3, log_bytes = ?4
+             WHERE id = ?1 AND state = 'running' AND ?4 >= log_bytes
+               AND shard IN (SELECT value FROM json_each(?5))",
+        )
+        .bind(id)
+        .bind(tail)
+        .bind(truncated)
+        .bind(total)
+        .bind(leases.shards_json())
+        .execute(tx.conn())
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(leases.fenced)
 }

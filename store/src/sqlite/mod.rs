@@ -44,10 +44,10 @@ use tokio::sync::broadcast;
 
 use crate::{
     AckedRuns, Assignment, DueRun, DueSchedule, FinishedRun, FinishedRuns, FiredRuns, Job,
-    LeasedRun, Materialize, MaterializedAcross, MaterializedRun, NewApiKey, NewRun, NewSchedule,
-    Offer, Page, PartitionReport, PendingRun, Result, Run, RunAck, RunEvent, RunFilter, RunLogs,
-    RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore, ShardChange, ShardLease,
-    Store, Tenant,
+    LeasedRun, LiveLog, Materialize, MaterializedAcross, MaterializedRun, NewApiKey, NewRun,
+    NewSchedule, Offer, Page, PartitionReport, PendingRun, Result, Run, RunAck, RunEvent,
+    RunFilter, RunLogs, RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore,
+    ShardChange, ShardLease, Store, Tenant,
 };
 
 /// The row types and conversions shared with the other SQL backend.
@@ -343,6 +343,18 @@ impl SchedulerStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
         planning::queued_runs_across(self, shards, limit).await
+    }
+
+    async fn cancel_requested_across(
+        &self,
+        shards: &[ShardId],
+        limit: u32,
+    ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
+        planning::cancel_requested_across(self, shards, limit).await
+    }
+
+    async fn record_live_logs(&self, logs: &[LiveLog]) -> Result<Vec<ShardId>> {
+        firing::record_live_logs(self, logs).await
     }
 
     async fn run_offers(&self, lease: &ShardLease, run_ids: &[RunId]) -> Result<Vec<Offer>> {

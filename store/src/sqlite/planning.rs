@@ -107,20 +107,55 @@ pub(super) async fn queued_runs_across(
     shards: &[ShardId],
     limit: u32,
 ) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
-    if limit == 0 || shards.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<(i16, Uuid, DateTime<Utc>)> = sqlx::query_as(
+    runs_across(
+        store,
+        shards,
+        limit,
         "SELECT shard, id, fire_time FROM runs
          WHERE shard IN (SELECT value FROM json_each(?1))
            AND state = 'queued' AND NOT cancel_requested
          ORDER BY fire_time, id
          LIMIT ?2",
     )
-    .bind(shards_json(shards.iter().copied()))
-    .bind(i64::from(limit))
-    .fetch_all(store.reader())
-    .await?;
+    .await
+}
+
+/// Running runs of many owned shards whose cancel was asked (a read).
+#[tracing::instrument(skip_all, fields(shards = shards.len()))]
+pub(super) async fn cancel_requested_across(
+    store: &SqliteStore,
+    shards: &[ShardId],
+    limit: u32,
+) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
+    runs_across(
+        store,
+        shards,
+        limit,
+        "SELECT shard, id, fire_time FROM runs
+         WHERE shard IN (SELECT value FROM json_each(?1))
+           AND state = 'running' AND cancel_requested
+         ORDER BY fire_time, id
+         LIMIT ?2",
+    )
+    .await
+}
+
+/// Runs of the shards picked by `sql` (`?1` shards as JSON, `?2` limit; selects shard, id,
+/// fire time).
+async fn runs_across(
+    store: &SqliteStore,
+    shards: &[ShardId],
+    limit: u32,
+    sql: &'static str,
+) -> Result<Vec<(ShardId, RunId, DateTime<Utc>)>> {
+    if limit == 0 || shards.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(i16, Uuid, DateTime<Utc>)> = sqlx::query_as(sql)
+        .bind(shards_json(shards.iter().copied()))
+        .bind(i64::from(limit))
+        .fetch_all(store.reader())
+        .await?;
     rows.into_iter()
         .map(|(shard, id, fire_time)| Ok((stored_shard(shard)?, RunId::from_uuid(id), fire_time)))
         .collect()

@@ -124,7 +124,7 @@ pub(super) async fn create(
     )
     .await?;
     if run.state == RunState::Queued {
-        tx.hint_queued_run(run.shard, run.id, run.fire_time);
+        tx.hint_run(ChangeKind::RunQueued, run.shard, run.id, run.fire_time);
     }
     tx.commit().await?;
     Ok((run, true))
@@ -304,7 +304,15 @@ pub(super) async fn cancel(store: &SqliteStore, tenant: TenantId, id: RunId) -> 
             .bind(&now)
             .fetch_one(tx.conn())
             .await?;
-            Run::try_from(row)?
+            let run = Run::try_from(row)?;
+            // The shard's scheduler tells the run's worker to stop it (it reports `cancelled`).
+            tx.hint_run(
+                ChangeKind::CancelRequested,
+                run.shard,
+                run.id,
+                run.fire_time,
+            );
+            run
         }
         from if from.can_move_to(RunState::Cancelled) => {
             let row: RunRow = sqlx::query_as(concat!(
@@ -348,17 +356,23 @@ pub(super) async fn cancel(store: &SqliteStore, tenant: TenantId, id: RunId) -> 
 
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, run_id = %id))]
 pub(super) async fn logs(store: &SqliteStore, tenant: TenantId, id: RunId) -> Result<RunLogs> {
-    let row: Option<(Option<String>, bool)> =
-        sqlx::query_as("SELECT log_tail, log_truncated FROM runs WHERE tenant_id = ?1 AND id = ?2")
-            .bind(tenant.as_uuid())
-            .bind(id.as_uuid())
-            .fetch_optional(store.reader())
-            .await?;
-    let (content, truncated) = row.ok_or(StoreError::NotFound("run"))?;
+    let row: Option<(Option<String>, bool, i64, String)> = sqlx::query_as(
+        "SELECT log_tail, log_truncated, log_bytes, state FROM runs
+         WHERE tenant_id = ?1 AND id = ?2",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .fetch_optional(store.reader())
+    .await?;
+    let (content, truncated, total, state) = row.ok_or(StoreError::NotFound("run"))?;
+    let content = content.unwrap_or_default();
     Ok(RunLogs {
         run_id: id,
-        content: content.unwrap_or_default(),
+        // Never less than what is kept.
+        total_bytes: u64::try_from(total).unwrap_or(0).max(content.len() as u64),
+        content,
         truncated,
+        state: parse_state(id.as_uuid(), &state)?,
     })
 }
 

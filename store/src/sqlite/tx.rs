@@ -57,16 +57,18 @@ impl WriteTx {
         });
     }
 
-    /// Announces, once the transaction commits, a queued run of `shard` by id and fire time,
-    /// so the shard's owner can offer it without a scan.
-    pub(super) fn hint_queued_run(
+    /// Announces, once the transaction commits, a change about one run of `shard`, by id and
+    /// fire time, so the shard's owner can act on it without a scan (offer a queued run, stop
+    /// a run whose cancel was asked).
+    pub(super) fn hint_run(
         &mut self,
+        kind: ChangeKind,
         shard: ShardId,
         run: RunId,
         fire_time: chrono::DateTime<chrono::Utc>,
     ) {
         self.hints.push(ShardChange {
-            kind: ChangeKind::RunQueued,
+            kind,
             shard,
             run: Some((run, fire_time)),
         });
