@@ -11,7 +11,7 @@ use clap::Args;
 use kairos_scheduler::{
     coordinator::CoordinatorConfig,
     dispatch::DispatchConfig,
-    node::{self, SchedulerConfig},
+    node::{self, Ownership, SchedulerConfig},
 };
 use kairos_store::PgStore;
 
@@ -77,7 +77,7 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     coordinator.prefix = args.etcd_prefix;
     coordinator.lease_ttl = Duration::from_secs(args.lease_ttl_seconds);
     let config = SchedulerConfig {
-        coordinator,
+        ownership: Ownership::Etcd(coordinator),
         grpc_addr: args.grpc_addr,
         metrics_addr: args.metrics_addr,
         horizon: Duration::from_secs(args.horizon_seconds),

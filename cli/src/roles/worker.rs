@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use kairos_worker::{WorkerConfig, config::RuntimeKind};
+use kairos_worker::{
+    WorkerConfig,
+    config::{RuntimeKind, Schedulers},
+};
 
 use super::shutdown;
 
@@ -67,8 +70,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         bail!("KAIROS_WORKER_TOKEN must not be empty");
     }
     let config = WorkerConfig {
-        etcd_endpoints: args.etcd_endpoints,
-        etcd_prefix: args.etcd_prefix,
+        schedulers: Schedulers::Etcd {
+            endpoints: args.etcd_endpoints,
+            prefix: args.etcd_prefix,
+        },
         worker_id: args.worker_id.unwrap_or_else(default_node_id),
         slots: args.slots,
         runtime,
