@@ -13,8 +13,7 @@ use anyhow::{Context as _, bail, ensure};
 use async_trait::async_trait;
 use kairos_domain::ShardId;
 use kairos_scheduler::coordinator::{
-    Coordinator, CoordinatorConfig, EtcdCoordinator, LocalConfig, LocalCoordinator,
-    OwnershipEvent,
+    Coordinator, CoordinatorConfig, EtcdCoordinator, LocalConfig, LocalCoordinator, OwnershipEvent,
 };
 use kairos_store::{SchedulerStore, SqliteStore, StoreError};
 use tokio::sync::mpsc;
@@ -139,10 +138,7 @@ coordinator_conformance_suite!(local, super::Local);
 
 /// Takes events until every one of `shards` was acquired; fails on anything but `Acquired`
 /// or on a shard acquired twice. Answers each shard's token.
-async fn acquire_all(
-    started: &mut Started,
-    shards: u16,
-) -> anyhow::Result<BTreeMap<ShardId, i64>> {
+async fn acquire_all(started: &mut Started, shards: u16) -> anyhow::Result<BTreeMap<ShardId, i64>> {
     let mut acquired = BTreeMap::new();
     while acquired.len() < usize::from(shards) {
         let event = tokio::time::timeout(WAIT, started.events.recv())
@@ -151,7 +147,11 @@ async fn acquire_all(
             .context("the event channel closed")?;
         match event {
             OwnershipEvent::Acquired { shard, token } => {
-                ensure!(shard.get() < shards, "shard {} is out of range", shard.get());
+                ensure!(
+                    shard.get() < shards,
+                    "shard {} is out of range",
+                    shard.get()
+                );
                 ensure!(token > 0, "shard {} at token {token}", shard.get());
                 if let Some(before) = acquired.insert(shard, token) {
                     bail!("shard {} acquired twice ({before}, {token})", shard.get());
@@ -240,7 +240,11 @@ async fn release_is_idempotent_and_a_sole_node_acquires_the_shard_again_at_a_new
         .await
         .context("the released shard was not acquired again")?
         .context("the event channel closed")?;
-    let OwnershipEvent::Acquired { shard: again, token } = event else {
+    let OwnershipEvent::Acquired {
+        shard: again,
+        token,
+    } = event
+    else {
         bail!("expected the shard acquired again, got {event:?}");
     };
     assert_eq!(again, shard);

@@ -31,7 +31,11 @@ pub async fn run(shared: Shared, tasks: TaskTracker, stop: CancellationToken) {
             for url in urls {
                 tracing::info!(scheduler = %url, "scheduler configured");
                 // Each stream reconnects on its own until `stop`.
-                tasks.spawn(connection::maintain(url.clone(), shared.clone(), stop.clone()));
+                tasks.spawn(connection::maintain(
+                    url.clone(),
+                    shared.clone(),
+                    stop.clone(),
+                ));
             }
             return;
         }

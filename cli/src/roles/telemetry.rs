@@ -1,11 +1,24 @@
 //! Log setup of the server roles: `tracing` to stderr, JSON when `KAIROS_LOG_FORMAT=json`,
-//! filtered by `RUST_LOG` (default `info`). Must never log secrets: callers pass ids, not values.
+//! filtered by `RUST_LOG` (default `info`; `kairos standalone` is quieter, see
+//! [`STANDALONE_FILTER`]). Must never log secrets: callers pass ids, not values.
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-/// Installs the global subscriber once; later calls are ignored.
+/// The default filter of `kairos standalone`, a terminal program: warnings and errors, and
+/// its own start and stop lines (not one line per shard of the 1024 it owns at start).
+/// (Targets match by prefix, so `kairos::roles` and not `kairos`, which would take in every
+/// `kairos_*` crate.)
+pub const STANDALONE_FILTER: &str = "warn,kairos::roles=info";
+
+/// Installs the global subscriber once with the default filter `info`; later calls are ignored.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with("info");
+}
+
+/// [`init`] with another default filter (`RUST_LOG` still wins).
+pub fn init_with(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = std::env::var("KAIROS_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {

@@ -59,13 +59,21 @@ pub fn default_node_id() -> String {
     kairos_scheduler::coordinator::default_node_id(host)
 }
 
+/// The runtime `arg` names, or why it cannot run here with the fix (shared by `kairos worker`
+/// and `kairos standalone`, so both say the same).
+pub fn runtime_kind(arg: RuntimeArg) -> anyhow::Result<RuntimeKind> {
+    match arg {
+        RuntimeArg::Process => Ok(RuntimeKind::Process),
+        RuntimeArg::Docker => Err(crate::client::CliError::new(
+            "failed_precondition",
+            "the docker runtime is not available in this build yet; start with KAIROS_RUNTIME=process (or --runtime process) to run job commands directly on this machine (trusted commands only)",
+        )
+        .into()),
+    }
+}
+
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let runtime = match args.runtime {
-        RuntimeArg::Process => RuntimeKind::Process,
-        RuntimeArg::Docker => bail!(
-            "the docker runtime is not available in this build yet; start the worker with KAIROS_RUNTIME=process (trusted commands only)"
-        ),
-    };
+    let runtime = runtime_kind(args.runtime)?;
     if args.worker_token.is_empty() {
         bail!("KAIROS_WORKER_TOKEN must not be empty");
     }

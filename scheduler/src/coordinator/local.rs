@@ -207,7 +207,11 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self, first: i64) {
-        tracing::info!(shards = self.pending.len(), token = first, "local coordinator started: this node owns every shard");
+        tracing::info!(
+            shards = self.pending.len(),
+            token = first,
+            "local coordinator started: this node owns every shard"
+        );
         let cancel = self.cancel.clone();
         let events = self.events.clone();
         loop {
@@ -244,13 +248,19 @@ impl Driver {
                 () = sleep_until(next), if next.is_some_and(|at| at > Instant::now()) => {}
             }
         }
-        tracing::info!(shards = self.held.len(), "local coordinator stopped; shards released");
+        tracing::info!(
+            shards = self.held.len(),
+            "local coordinator stopped; shards released"
+        );
     }
 
     /// Gives `shard` up (idempotent) and plans to acquire it again after the pause.
     fn release(&mut self, shard: ShardId) {
         if self.held.remove(&shard) {
-            tracing::info!(shard = shard.get(), "shard released; acquiring it again shortly");
+            tracing::info!(
+                shard = shard.get(),
+                "shard released; acquiring it again shortly"
+            );
             self.pending
                 .push_back((Instant::now() + self.reacquire_after, shard, true));
         }

@@ -73,9 +73,10 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating it if missing) the database file at `path` in WAL mode with full
-    /// synchronous commits: a committed write survives a crash of the process and of the
-    /// machine. Call [`migrate`](Self::migrate) before use.
+    /// Opens (creating it if missing) the database file at `path` in WAL mode with
+    /// `synchronous = NORMAL`: a committed write survives a crash (or kill -9) of the process;
+    /// after a power loss the last transactions before it may be gone (the file stays
+    /// consistent). Call [`migrate`](Self::migrate) before use.
     pub async fn open(path: &Path) -> Result<Self> {
         let base = SqliteConnectOptions::new()
             .filename(path)
@@ -84,11 +85,13 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // Waiting for the one writer is how writes queue, not a sign of trouble.
+            .acquire_slow_threshold(ACQUIRE_TIMEOUT)
             .connect_with(
                 base.clone()
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Full),
+                    .synchronous(SqliteSynchronous::Normal),
             )
             .await?;
         // The journal mode is a property of the file, set by the writer above; readers only
