@@ -20,10 +20,11 @@ use crate::rest::{self, dto};
         rest::delete_schedule, rest::pause_schedule, rest::resume_schedule,
         rest::trigger_schedule, rest::backfill_schedule,
         rest::execute_now, rest::list_runs, rest::get_run, rest::cancel_run, rest::run_logs, rest::run_events,
+        rest::create_registry_credential, rest::list_registry_credentials, rest::delete_registry_credential,
     ),
     components(schemas(dto::ErrorBody, dto::ErrorDetail)),
     modifiers(&BearerAuth),
-    tags((name = "tenants"), (name = "jobs"), (name = "schedules"), (name = "runs")),
+    tags((name = "tenants"), (name = "jobs"), (name = "schedules"), (name = "runs"), (name = "registry credentials")),
 )]
 pub struct ApiDoc;
 

@@ -93,6 +93,7 @@ impl pb::job_service_server::JobService for Fake {
             version: 1,
             created_at: ts(1_769_850_000),
             updated_at: ts(1_769_850_000),
+            registry_credential: req.registry_credential,
         }))
     }
     async fn get_job(&self, _: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
@@ -117,6 +118,24 @@ impl pb::job_service_server::JobService for Fake {
         &self,
         _: Request<pb::DeleteJobRequest>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        unimplemented()
+    }
+    async fn create_registry_credential(
+        &self,
+        _: Request<pb::CreateRegistryCredentialRequest>,
+    ) -> Result<Response<pb::RegistryCredential>, Status> {
+        unimplemented()
+    }
+    async fn list_registry_credentials(
+        &self,
+        _: Request<pb::ListRegistryCredentialsRequest>,
+    ) -> Result<Response<pb::ListRegistryCredentialsResponse>, Status> {
+        unimplemented()
+    }
+    async fn delete_registry_credential(
+        &self,
+        _: Request<pb::DeleteRegistryCredentialRequest>,
+    ) -> Result<Response<pb::DeleteRegistryCredentialResponse>, Status> {
         unimplemented()
     }
     async fn create_schedule(

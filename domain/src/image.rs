@@ -41,6 +41,14 @@ impl ImageRef {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The registry the image is pulled from, as the reference names it (`docker.io` when it
+    /// names none).
+    pub fn registry(&self) -> String {
+        Reference::from_str(&self.0)
+            .map(|r| r.registry().to_owned())
+            .unwrap_or_else(|_| "docker.io".to_owned())
+    }
 }
 
 #[cfg(test)]

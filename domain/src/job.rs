@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{FieldError, ImageRef};
+use crate::{CredentialName, FieldError, ImageRef};
 
 /// A job's display name: 1–200 characters, no control characters, trimmed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,6 +379,8 @@ pub struct JobSpec {
     pub timeout: RunTimeout,
     pub retry: RetryPolicy,
     pub labels: Labels,
+    /// The tenant's registry credential used to pull `image`, if the image is private.
+    pub registry_credential: Option<CredentialName>,
 }
 
 /// A job as a client sent it (create) or the fields it wants changed (patch); unchecked.
@@ -392,6 +394,8 @@ pub struct JobDraft {
     pub timeout_seconds: Option<i64>,
     pub retry: Option<RetryDraft>,
     pub labels: Option<BTreeMap<String, String>>,
+    /// The name of the tenant's registry credential for the image; in a patch, `""` removes it.
+    pub registry_credential: Option<String>,
 }
 
 impl JobDraft {
@@ -424,6 +428,12 @@ impl JobDraft {
                 r.parse().map_err(|e| e.within("retry"))
             })?,
             labels: Labels::parse(self.labels.unwrap_or_default())?,
+            registry_credential: self
+                .registry_credential
+                .as_deref()
+                .filter(|name| !name.is_empty())
+                .map(|name| CredentialName::parse_as("registry_credential", name))
+                .transpose()?,
         })
     }
 
@@ -455,6 +465,11 @@ impl JobDraft {
             labels: self
                 .labels
                 .map_or(Ok(current.labels.clone()), Labels::parse)?,
+            registry_credential: match self.registry_credential.as_deref() {
+                None => current.registry_credential.clone(),
+                Some("") => None,
+                Some(name) => Some(CredentialName::parse_as("registry_credential", name)?),
+            },
         })
     }
 }

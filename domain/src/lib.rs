@@ -8,6 +8,7 @@ pub mod ids;
 pub mod image;
 pub mod job;
 pub mod page;
+pub mod registry;
 pub mod run;
 pub mod schedule;
 pub mod shard;
@@ -21,6 +22,7 @@ pub use job::{
     RunTimeout,
 };
 pub use page::{PageRequest, PageToken};
+pub use registry::{CredentialDraft, CredentialName, CredentialSpec, RegistryHost, Secret};
 pub use run::{FailureReason, RunState, SkipReason, Trigger};
 pub use schedule::{
     Cadence, CronSpec, FirePreview, OverlapPolicy, ScheduleDraft, ScheduleSpec, TimeZone,

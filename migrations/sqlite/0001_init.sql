@@ -1,6 +1,7 @@
 -- Kairos schema for the SQLite store of standalone mode, version 1: the same tables as the
--- Postgres schema one directory up (its 0001 and 0002) (tenants and API keys, jobs, schedules, runs and their
--- events, idempotency keys and shard fences), in SQLite's types:
+-- Postgres schema one directory up (its 0001 and 0002: tenants and API keys, registry
+-- credentials, jobs, schedules, runs and their events, idempotency keys and shard fences), in
+-- SQLite's types:
 --
 -- * ids are 16-byte BLOBs (UUIDs; BLOBs compare bytewise, so they sort as Postgres' uuid);
 -- * times are TEXT in one fixed-width form, `YYYY-MM-DDTHH:MM:SS.ffffff+00:00` (UTC, to the
@@ -48,6 +49,8 @@ CREATE TABLE jobs (
                                           CHECK (retry_max_backoff_seconds >= retry_initial_backoff_seconds),
     labels                        TEXT    NOT NULL DEFAULT '{}'
                                           CHECK (json_valid(labels) AND json_type(labels) = 'object'),
+    -- The registry credential (of the tenant, by name) its image is pulled with, if any.
+    registry_credential           TEXT,
     version                       INTEGER NOT NULL DEFAULT 1,
     created_at                    TEXT    NOT NULL,
     updated_at                    TEXT    NOT NULL,
@@ -169,6 +172,20 @@ CREATE TABLE idempotency_keys (
 ) STRICT;
 
 CREATE INDEX idempotency_keys_fire_time_idx ON idempotency_keys (fire_time);
+
+-- A tenant's registry credentials, by name; jobs name the one their image needs. The password
+-- is sealed with AES-256-GCM under the server's secret key (12-byte nonce, then the
+-- ciphertext and tag; the tenant id and name are its associated data), never stored in clear.
+-- The name's form is checked by the domain (SQLite has no regular expressions built in).
+CREATE TABLE registry_credentials (
+    tenant_id       BLOB    NOT NULL REFERENCES tenants (id),
+    name            TEXT    NOT NULL CHECK (length(name) BETWEEN 1 AND 63),
+    server          TEXT    NOT NULL CHECK (length(server) BETWEEN 1 AND 260),
+    username        TEXT    NOT NULL CHECK (length(username) BETWEEN 1 AND 256),
+    password_sealed BLOB    NOT NULL CHECK (length(password_sealed) > 28),
+    created_at      TEXT    NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+) STRICT;
 
 -- The current fence token of each shard (I1, I8): a write for a shard carries its writer's
 -- token and fails if a newer owner has claimed the shard since.

@@ -47,6 +47,7 @@ mod tests {
             version: 2,
             created_at: ts(1_767_225_600),
             updated_at: ts(1_767_225_660),
+            registry_credential: Some("ghcr-acme".into()),
         };
         let bytes = job.encode_to_vec();
         assert_eq!(Job::decode(bytes.as_slice()).unwrap(), job);

@@ -83,6 +83,8 @@ macro_rules! store_conformance_suite {
             run_events_record_each_transition_once_in_order,
             runs_are_filtered_by_job_schedule_and_state_across_pages,
             retention_drops_the_runs_of_months_past_it_keeps_the_rest_and_is_idempotent,
+            registry_credentials_are_kept_per_tenant_and_never_shown_with_their_password,
+            a_job_names_only_its_tenants_credential_for_its_images_registry,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1386,4 +1388,154 @@ pub async fn retention_drops_the_runs_of_months_past_it_keeps_the_rest_and_is_id
         .expect("reuse key");
     assert!(created);
     assert_ne!(fresh.id, old.id);
+}
+
+// --- registry credentials ---------------------------------------------------------------------
+
+/// A registry credential for `server` named `name` (password `pa55-w0rd`).
+pub fn credential(name: &str, server: &str) -> kairos_domain::CredentialSpec {
+    kairos_domain::CredentialDraft {
+        name: Some(name.into()),
+        server: Some(server.into()),
+        username: Some("bot".into()),
+        password: Some("pa55-w0rd".into()),
+    }
+    .parse()
+    .expect("credential")
+}
+
+pub async fn registry_credentials_are_kept_per_tenant_and_never_shown_with_their_password<
+    S: Store,
+>(
+    store: &S,
+) {
+    let t = tenant(store).await;
+    let other = tenant(store).await;
+    let c = store
+        .create_registry_credential(t, &credential("example", "registry.example.com"))
+        .await
+        .expect("create");
+    assert_eq!(
+        (c.name.as_str(), c.server.as_str(), c.username.as_str()),
+        ("example", "registry.example.com", "bot")
+    );
+    assert!(
+        !format!("{c:?}").contains("pa55"),
+        "no password in what is shown"
+    );
+    assert!(matches!(
+        store
+            .create_registry_credential(t, &credential("example", "ghcr.io"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .create_registry_credential(t, &credential("ghcr", "ghcr.io"))
+        .await
+        .expect("create");
+    let names: Vec<String> = store
+        .list_registry_credentials(t)
+        .await
+        .expect("list")
+        .iter()
+        .map(|c| c.name.as_str().to_owned())
+        .collect();
+    assert_eq!(names, ["example", "ghcr"]);
+    assert!(
+        store
+            .list_registry_credentials(other)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let name = kairos_domain::CredentialName::parse_as("name", "ghcr").expect("name");
+    assert_not_found(
+        store.delete_registry_credential(other, &name).await,
+        "registry credential",
+    );
+    store
+        .delete_registry_credential(t, &name)
+        .await
+        .expect("delete");
+    assert_eq!(
+        store
+            .list_registry_credentials(t)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_not_found(
+        store.delete_registry_credential(t, &name).await,
+        "registry credential",
+    );
+}
+
+pub async fn a_job_names_only_its_tenants_credential_for_its_images_registry<S: Store>(store: &S) {
+    let t = tenant(store).await;
+    let other = tenant(store).await;
+    store
+        .create_registry_credential(t, &credential("example", "registry.example.com"))
+        .await
+        .expect("create");
+    store
+        .create_registry_credential(t, &credential("ghcr", "ghcr.io"))
+        .await
+        .expect("create");
+    store
+        .create_registry_credential(other, &credential("theirs", "registry.example.com"))
+        .await
+        .expect("create");
+    let named = |name: &str| {
+        let mut spec = job_spec("private");
+        spec.registry_credential = Some(
+            kairos_domain::CredentialName::parse_as("registry_credential", name).expect("name"),
+        );
+        spec
+    };
+    for (name, why) in [
+        ("missing", "no such credential"),
+        ("theirs", "another tenant's"),
+        ("ghcr", "for another registry than the image's"),
+    ] {
+        match store.create_job(t, JobId::generate(), &named(name)).await {
+            Err(StoreError::Invalid(e)) => assert_eq!(e.field, "registry_credential", "{why}"),
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+    assert!(
+        store
+            .list_jobs(t, page(10, None))
+            .await
+            .expect("list")
+            .items
+            .is_empty(),
+        "nothing written"
+    );
+    let job = store
+        .create_job(t, JobId::generate(), &named("example"))
+        .await
+        .expect("a credential for the image's registry");
+    assert_eq!(
+        job.spec.registry_credential.as_ref().map(|c| c.as_str()),
+        Some("example")
+    );
+    let example = kairos_domain::CredentialName::parse_as("name", "example").expect("name");
+    assert!(
+        matches!(
+            store.delete_registry_credential(t, &example).await,
+            Err(StoreError::FailedPrecondition(_))
+        ),
+        "a credential a job names stays"
+    );
+    let mut plain = job.spec.clone();
+    plain.registry_credential = None;
+    store
+        .update_job(t, job.id, &plain, job.version)
+        .await
+        .expect("drop the credential");
+    store
+        .delete_registry_credential(t, &example)
+        .await
+        .expect("no job names it any more");
 }

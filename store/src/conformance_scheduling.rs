@@ -65,6 +65,7 @@ macro_rules! scheduler_store_conformance_suite {
             materializing_across_shards_writes_the_current_leases_only,
             cancel_requests_of_running_runs_are_read_across_shards,
             live_logs_are_stored_for_running_runs_only_and_never_move_back,
+            offers_carry_the_opened_registry_credential_of_the_job,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1935,4 +1936,72 @@ pub async fn live_logs_are_stored_for_running_runs_only_and_never_move_back<
         .await
         .expect("record");
     assert_eq!(fenced, [stale.shard()]);
+}
+
+pub async fn offers_carry_the_opened_registry_credential_of_the_job<S: Store + SchedulerStore>(
+    store: &S,
+) {
+    let t = tenant(store).await;
+    store
+        .create_registry_credential(
+            t,
+            &crate::conformance::credential("example", "registry.example.com"),
+        )
+        .await
+        .expect("credential");
+    let mut spec = job_spec("private");
+    spec.registry_credential = Some(
+        kairos_domain::CredentialName::parse_as("registry_credential", "example").expect("name"),
+    );
+    let private = store
+        .create_job(t, JobId::generate(), &spec)
+        .await
+        .expect("job");
+    let public = job(store, t).await;
+    let (a, _) = store
+        .create_run(t, &manual_run(private.id, now()), None)
+        .await
+        .expect("run");
+    let (b, _) = store
+        .create_run(t, &manual_run(public.id, now()), None)
+        .await
+        .expect("run");
+    let lease_a = store
+        .claim_shard(a.shard, 1, "node-a")
+        .await
+        .expect("claim");
+    let lease_b = if b.shard == a.shard {
+        lease_a.clone()
+    } else {
+        store
+            .claim_shard(b.shard, 1, "node-a")
+            .await
+            .expect("claim")
+    };
+    let offers = store
+        .offers_across(
+            &[leased(&lease_a, a.id, None), leased(&lease_b, b.id, None)],
+            false,
+        )
+        .await
+        .expect("offers");
+    let auth_of = |id: RunId| {
+        offers
+            .iter()
+            .find(|o| o.run_id == id)
+            .expect("offered")
+            .registry_auth
+            .clone()
+    };
+    let auth = auth_of(a.id).expect("the private job's offer carries its credential");
+    assert_eq!(
+        (
+            auth.server.as_str(),
+            auth.username.as_str(),
+            auth.password.expose()
+        ),
+        ("registry.example.com", "bot", "pa55-w0rd")
+    );
+    assert!(!format!("{auth:?}").contains("pa55"), "hidden in Debug");
+    assert_eq!(auth_of(b.id), None);
 }

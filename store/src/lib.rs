@@ -13,6 +13,7 @@ pub mod postgres;
 mod rows;
 pub mod scheduling;
 pub mod sqlite;
+pub mod seal;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -28,6 +29,7 @@ pub use model::*;
 pub use postgres::PgStore;
 pub use scheduling::*;
 pub use sqlite::SqliteStore;
+pub use seal::{BadSecretKey, SecretKey};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -74,6 +76,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes the job and its schedules and cancels their not-yet-started runs (reason
     /// `job_deleted`), in one transaction. Run history stays readable.
     async fn delete_job(&self, tenant: TenantId, id: JobId) -> Result<()>;
+
+    // --- registry credentials -------------------------------------------------------------
+
+    /// Stores a registry credential, its password sealed; `Conflict` if the tenant has one of
+    /// that name, `FailedPrecondition` if this store has no key to seal with.
+    async fn create_registry_credential(
+        &self,
+        tenant: TenantId,
+        spec: &kairos_domain::CredentialSpec,
+    ) -> Result<RegistryCredential>;
+    /// The tenant's registry credentials by name, without passwords.
+    async fn list_registry_credentials(&self, tenant: TenantId) -> Result<Vec<RegistryCredential>>;
+    /// Deletes one; `FailedPrecondition` while a job still names it.
+    async fn delete_registry_credential(
+        &self,
+        tenant: TenantId,
+        name: &kairos_domain::CredentialName,
+    ) -> Result<()>;
 
     // --- schedules ------------------------------------------------------------------------
 

@@ -162,3 +162,12 @@ pub struct PartitionReport {
 
 /// Labels and env maps travel as JSON objects in storage.
 pub type StringMap = BTreeMap<String, String>;
+
+/// A tenant's registry credential as the API shows it: never its password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryCredential {
+    pub name: kairos_domain::CredentialName,
+    pub server: kairos_domain::RegistryHost,
+    pub username: String,
+    pub created_at: DateTime<Utc>,
+}

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use kairos_domain::{
-    Cadence, Command, CronSpec, Env, FieldError, ImageRef, JobId, JobName, JobSpec, Labels,
-    MemoryLimit, OverlapPolicy, PageRequest, PageToken, RetryDraft, RunId, RunState, RunTimeout,
-    ScheduleId, ScheduleSpec, ShardId, TenantId, TenantName, TimeZone, Trigger,
+    Cadence, Command, CredentialName, CronSpec, Env, FieldError, ImageRef, JobId, JobName, JobSpec,
+    Labels, MemoryLimit, OverlapPolicy, PageRequest, PageToken, RetryDraft, RunId, RunState,
+    RunTimeout, ScheduleId, ScheduleSpec, ShardId, TenantId, TenantName, TimeZone, Trigger,
 };
 use serde_json::Value;
 use sqlx::QueryBuilder;
@@ -16,7 +16,8 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::{
-    Assignment, Job, Offer, Page, PendingRun, Result, Run, RunEvent, Schedule, StoreError, Tenant,
+    Assignment, Job, Offer, Page, PendingRun, RegistryAuth, Result, Run, RunEvent, Schedule,
+    StoreError, Tenant,
 };
 
 // --- tenants ----------------------------------------------------------------------------------
@@ -56,7 +57,7 @@ macro_rules! job_columns {
     () => {
         "id, tenant_id, name, image, command, env, memory_mb, \
      timeout_seconds, retry_max_attempts, retry_initial_backoff_seconds, \
-     retry_max_backoff_seconds, labels, version, created_at, updated_at"
+     retry_max_backoff_seconds, labels, registry_credential, version, created_at, updated_at"
     };
 }
 pub(crate) use job_columns;
@@ -75,6 +76,7 @@ pub(crate) struct JobRow {
     pub(crate) retry_initial_backoff_seconds: i32,
     pub(crate) retry_max_backoff_seconds: i32,
     pub(crate) labels: Json<Value>,
+    pub(crate) registry_credential: Option<String>,
     pub(crate) version: i64,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) updated_at: DateTime<Utc>,
@@ -103,6 +105,12 @@ impl TryFrom<JobRow> for Job {
             retry,
             labels: Labels::parse(string_map("labels", row.labels.0).map_err(corrupt)?)
                 .map_err(corrupt)?,
+            registry_credential: row
+                .registry_credential
+                .as_deref()
+                .map(|n| CredentialName::parse_as("registry_credential", n))
+                .transpose()
+                .map_err(corrupt)?,
         };
         Ok(Job {
             id: JobId::from_uuid(row.id),
@@ -128,6 +136,7 @@ pub(crate) struct JobValues<'a> {
     pub retry_initial_backoff_seconds: i32,
     pub retry_max_backoff_seconds: i32,
     pub labels: Json<&'a BTreeMap<String, String>>,
+    pub registry_credential: Option<&'a str>,
 }
 
 impl<'a> JobValues<'a> {
@@ -149,6 +158,7 @@ impl<'a> JobValues<'a> {
                 spec.retry.max_backoff_seconds(),
             )?,
             labels: Json(spec.labels.as_map()),
+            registry_credential: spec.registry_credential.as_ref().map(|c| c.as_str()),
         })
     }
 }
@@ -499,8 +509,9 @@ pub(crate) fn assignment(run: Run, job: Job, worker_id: &str) -> Result<Assignme
     })
 }
 
-/// What a worker needs to start `run` of `job`.
-pub(crate) fn offer(run: Run, job: &Job) -> Result<Offer> {
+/// What a worker needs to start `run` of `job`, with the job's registry credential opened
+/// when it names one.
+pub(crate) fn offer(run: Run, job: &Job, registry_auth: Option<RegistryAuth>) -> Result<Offer> {
     let env = merged_env(&run, job)?;
     Ok(Offer {
         run_id: run.id,
@@ -514,6 +525,7 @@ pub(crate) fn offer(run: Run, job: &Job) -> Result<Offer> {
         attempt: run.attempt,
         tenant_id: run.tenant_id,
         shard: run.shard,
+        registry_auth,
     })
 }
 

@@ -185,6 +185,16 @@ pub struct Offer {
     pub tenant_id: TenantId,
     /// The run's shard.
     pub shard: ShardId,
+    /// Credentials for pulling `image`, when the job names a registry credential.
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+/// Opened registry credentials for one pull. `Debug` hides the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub server: String,
+    pub username: String,
+    pub password: kairos_domain::Secret,
 }
 
 /// A run of a shard this node owns, as the firing and dispatch path names it in batches.

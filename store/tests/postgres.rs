@@ -20,9 +20,12 @@ use sqlx::postgres::PgListener;
 /// A fresh, migrated, empty store, and the database it lives in (dropped after the test).
 async fn pg() -> (PgStore, TestDatabase) {
     let db = kairos_testkit::database().await.expect("a test database");
+    let key =
+        kairos_store::SecretKey::from_hex(&kairos_store::SecretKey::generate_hex()).expect("key");
     let store = PgStore::connect_with_pool_size(db.url(), 8)
         .await
-        .expect("connect");
+        .expect("connect")
+        .with_secret_key(key);
     store.migrate().await.expect("migrate");
     (store, db)
 }
@@ -552,4 +555,38 @@ async fn nul_bytes_in_a_log_tail_are_stored_replaced() {
         .expect("finish");
     let logs = store.run_logs(t, id).await.expect("logs");
     assert_eq!(logs.content, "binary\u{fffd}output");
+}
+
+#[tokio::test]
+async fn registry_passwords_are_sealed_at_rest_and_need_the_key() {
+    let (store, db) = pg().await;
+    let t = tenant(&store).await;
+    store
+        .create_registry_credential(
+            t,
+            &kairos_store::conformance::credential("example", "registry.example.com"),
+        )
+        .await
+        .expect("create");
+    let sealed: Vec<u8> = sqlx::query_scalar("SELECT password_sealed FROM registry_credentials")
+        .fetch_one(store.pool())
+        .await
+        .expect("read");
+    assert!(
+        !sealed.windows(9).any(|w| w == b"pa55-w0rd"),
+        "the password is not stored in clear"
+    );
+    let keyless = PgStore::connect(db.url()).await.expect("connect");
+    assert!(
+        matches!(
+            keyless
+                .create_registry_credential(
+                    t,
+                    &kairos_store::conformance::credential("other", "ghcr.io")
+                )
+                .await,
+            Err(StoreError::FailedPrecondition(_))
+        ),
+        "a server without KAIROS_SECRET_KEY refuses to keep credentials"
+    );
 }

@@ -12,9 +12,12 @@ use kairos_store::{NewApiKey, NewRun, SchedulerStore, SqliteStore, Store};
 /// A fresh, migrated, empty store in its own temporary directory (removed after the test).
 async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
+    let key =
+        kairos_store::SecretKey::from_hex(&kairos_store::SecretKey::generate_hex()).expect("key");
     let store = SqliteStore::open(&dir.path().join("kairos.db"))
         .await
-        .expect("open");
+        .expect("open")
+        .with_secret_key(key);
     store.migrate().await.expect("migrate");
     (store, dir)
 }

@@ -47,6 +47,7 @@ pub fn create_job_draft(r: pb::CreateJobRequest) -> JobDraft {
         timeout_seconds: r.timeout_seconds.map(i64::from),
         retry: retry(r.retry),
         labels: Some(r.labels),
+        registry_credential: r.registry_credential,
     }
 }
 
@@ -60,6 +61,7 @@ pub fn update_job_draft(r: pb::UpdateJobRequest) -> JobDraft {
         timeout_seconds: r.timeout_seconds.map(i64::from),
         retry: retry(r.retry),
         labels: r.labels.map(|l| l.entries),
+        registry_credential: r.registry_credential,
     }
 }
 
@@ -137,6 +139,19 @@ pub fn job(j: &Job) -> pb::Job {
         version: j.version,
         created_at: Some(ts(j.created_at)),
         updated_at: Some(ts(j.updated_at)),
+        registry_credential: s
+            .registry_credential
+            .as_ref()
+            .map(|c| c.as_str().to_owned()),
+    }
+}
+
+pub fn registry_credential(c: &kairos_store::RegistryCredential) -> pb::RegistryCredential {
+    pb::RegistryCredential {
+        name: c.name.as_str().to_owned(),
+        server: c.server.as_str().to_owned(),
+        username: c.username.clone(),
+        created_at: Some(ts(c.created_at)),
     }
 }
 

@@ -124,6 +124,56 @@ impl JobService for Jobs {
         finish(&self.0, "DeleteJob", result)
     }
 
+    async fn create_registry_credential(
+        &self,
+        request: Request<pb::CreateRegistryCredentialRequest>,
+    ) -> Result<Response<pb::RegistryCredential>, Status> {
+        let result = async {
+            let tenant = self.tenant(&request).await?;
+            let r = request.into_inner();
+            let draft = kairos_domain::CredentialDraft {
+                name: Some(r.name),
+                server: Some(r.server),
+                username: Some(r.username),
+                password: Some(r.password),
+            };
+            let created = self.0.create_registry_credential(tenant, draft).await?;
+            Ok(convert::registry_credential(&created))
+        }
+        .await;
+        finish(&self.0, "CreateRegistryCredential", result)
+    }
+
+    async fn list_registry_credentials(
+        &self,
+        request: Request<pb::ListRegistryCredentialsRequest>,
+    ) -> Result<Response<pb::ListRegistryCredentialsResponse>, Status> {
+        let result = async {
+            let tenant = self.tenant(&request).await?;
+            let all = self.0.list_registry_credentials(tenant).await?;
+            Ok(pb::ListRegistryCredentialsResponse {
+                registry_credentials: all.iter().map(convert::registry_credential).collect(),
+            })
+        }
+        .await;
+        finish(&self.0, "ListRegistryCredentials", result)
+    }
+
+    async fn delete_registry_credential(
+        &self,
+        request: Request<pb::DeleteRegistryCredentialRequest>,
+    ) -> Result<Response<pb::DeleteRegistryCredentialResponse>, Status> {
+        let result = async {
+            let tenant = self.tenant(&request).await?;
+            self.0
+                .delete_registry_credential(tenant, &request.get_ref().name)
+                .await?;
+            Ok(pb::DeleteRegistryCredentialResponse {})
+        }
+        .await;
+        finish(&self.0, "DeleteRegistryCredential", result)
+    }
+
     async fn create_schedule(
         &self,
         request: Request<pb::CreateScheduleRequest>,

@@ -50,6 +50,8 @@ pub struct JobBody {
     pub timeout_seconds: Option<i64>,
     pub retry: Option<RetryBody>,
     pub labels: Option<BTreeMap<String, String>>,
+    /// Name of the tenant's registry credential for a private image (`""` on PATCH removes it).
+    pub registry_credential: Option<String>,
 }
 
 impl From<JobBody> for JobDraft {
@@ -67,6 +69,41 @@ impl From<JobBody> for JobDraft {
                 max_backoff_seconds: r.max_backoff_seconds,
             }),
             labels: b.labels,
+            registry_credential: b.registry_credential,
+        }
+    }
+}
+
+/// `POST /v1/registry-credentials`.
+#[derive(Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialBody {
+    /// How jobs refer to it: 1-63 of a-z, 0-9, '-', '_', '.'.
+    pub name: Option<String>,
+    /// Registry host[:port], as image references name it (e.g. `ghcr.io`, `127.0.0.1:5000`).
+    pub server: Option<String>,
+    pub username: Option<String>,
+    /// Stored sealed; never returned.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for CredentialBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialBody")
+            .field("name", &self.name)
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<CredentialBody> for kairos_domain::CredentialDraft {
+    fn from(b: CredentialBody) -> Self {
+        Self {
+            name: b.name,
+            server: b.server,
+            username: b.username,
+            password: b.password,
         }
     }
 }
@@ -209,9 +246,36 @@ pub struct JobView {
     pub timeout_seconds: u32,
     pub retry: RetryView,
     pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_credential: Option<String>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A registry credential as shown: never its password.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialView {
+    pub name: String,
+    pub server: String,
+    pub username: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&kairos_store::RegistryCredential> for CredentialView {
+    fn from(c: &kairos_store::RegistryCredential) -> Self {
+        Self {
+            name: c.name.as_str().to_owned(),
+            server: c.server.as_str().to_owned(),
+            username: c.username.clone(),
+            created_at: c.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialList {
+    pub registry_credentials: Vec<CredentialView>,
 }
 
 impl From<&Job> for JobView {
@@ -231,6 +295,10 @@ impl From<&Job> for JobView {
                 max_backoff_seconds: s.retry.max_backoff_seconds(),
             },
             labels: s.labels.as_map().clone(),
+            registry_credential: s
+                .registry_credential
+                .as_ref()
+                .map(|c| c.as_str().to_owned()),
             version: j.version,
             created_at: j.created_at,
             updated_at: j.updated_at,

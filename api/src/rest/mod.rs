@@ -4,6 +4,7 @@
 //! `router()` builds the whole HTTP surface without binding a socket, so tests drive it
 //! in-process.
 
+mod credentials;
 pub mod dto;
 pub mod extract;
 mod jobs;
@@ -23,6 +24,7 @@ use kairos_domain::ErrorCode;
 
 use crate::{ApiError, Service, health, metrics, openapi};
 
+pub use credentials::*;
 pub use jobs::*;
 pub use runs::*;
 pub use schedules::*;
@@ -72,6 +74,15 @@ pub fn router(service: Service) -> Router {
         .route("/runs/{run_id}/cancel", post(runs::cancel_run))
         .route("/runs/{run_id}/logs", get(runs::run_logs))
         .route("/runs/{run_id}/events", get(runs::run_events))
+        .route(
+            "/registry-credentials",
+            post(credentials::create_registry_credential)
+                .get(credentials::list_registry_credentials),
+        )
+        .route(
+            "/registry-credentials/{name}",
+            axum::routing::delete(credentials::delete_registry_credential),
+        )
         .route("/openapi.json", get(openapi::serve_document));
 
     Router::new()

@@ -5,6 +5,7 @@
 //! Every operation takes the caller's `TenantId` first; a resource id is looked up only within
 //! that tenant, and an id that does not parse is answered as a missing resource (I6).
 
+mod credentials;
 mod jobs;
 mod runs;
 mod schedules;

@@ -43,7 +43,12 @@ pub async fn app_at(now: DateTime<Utc>) -> App {
 
 async fn build(clock: Option<ManualClock>) -> App {
     let db = kairos_testkit::database().await.expect("test database");
-    let store = PgStore::connect(db.url()).await.expect("connect");
+    let key =
+        kairos_store::SecretKey::from_hex(&kairos_store::SecretKey::generate_hex()).expect("key");
+    let store = PgStore::connect(db.url())
+        .await
+        .expect("connect")
+        .with_secret_key(key);
     store.migrate().await.expect("migrate");
     let store = Arc::new(store);
     let clock_dyn: Arc<dyn Clock> = match &clock {

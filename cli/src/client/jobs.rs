@@ -85,6 +85,9 @@ pub struct CreateArgs {
     pub labels: Vec<(String, String)>,
     #[command(flatten)]
     pub retry: RetryArgs,
+    /// Name of your registry credential for a private image (`POST /v1/registry-credentials`).
+    #[arg(long)]
+    pub registry_credential: Option<String>,
     /// The command and its arguments, after `--` (default: the image's own command).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -101,6 +104,7 @@ impl CreateArgs {
             timeout_seconds: self.timeout_seconds,
             retry: self.retry.policy(),
             labels: to_map(&self.labels),
+            registry_credential: self.registry_credential.clone(),
         }
     }
 }
@@ -131,6 +135,9 @@ pub struct UpdateArgs {
     /// Replaces the retry policy (flags not given take their defaults).
     #[command(flatten)]
     pub retry: RetryArgs,
+    /// Pulls the image with this registry credential; `""` pulls without one.
+    #[arg(long)]
+    pub registry_credential: Option<String>,
     /// Goes back to the image's own command.
     #[arg(long, conflicts_with = "command")]
     pub clear_command: bool,
@@ -159,6 +166,7 @@ impl UpdateArgs {
             timeout_seconds: self.timeout_seconds,
             retry: self.retry.policy(),
             labels: map(&self.labels, self.clear_labels),
+            registry_credential: self.registry_credential.clone(),
         };
         let unchanged = UpdateJobRequest {
             job_id: request.job_id.clone(),

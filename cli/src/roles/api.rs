@@ -6,7 +6,6 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::Args;
 use kairos_api::{ApiConfig, config::Secret};
-use kairos_store::PgStore;
 
 use super::{DatabaseOpts, shutdown};
 
@@ -34,9 +33,7 @@ pub struct ApiArgs {
 
 /// Runs the API role; `admin_token` comes from the global `--admin-token` / `KAIROS_ADMIN_TOKEN`.
 pub async fn run(args: ApiArgs, admin_token: Option<String>) -> anyhow::Result<()> {
-    let store = PgStore::connect(&args.db.database_url)
-        .await
-        .context("cannot connect to the database")?;
+    let store = args.db.store().await?;
     if !args.no_migrate {
         store.migrate().await.context("migrations failed")?;
     }

@@ -3,7 +3,6 @@
 
 use anyhow::Context;
 use clap::Args;
-use kairos_store::PgStore;
 
 use super::DatabaseOpts;
 
@@ -14,9 +13,7 @@ pub struct MigrateArgs {
 }
 
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
-    let store = PgStore::connect(&args.db.database_url)
-        .await
-        .context("cannot connect to the database")?;
+    let store = args.db.store().await?;
     store.migrate().await.context("migrations failed")?;
     tracing::info!("migrations applied");
     Ok(())

@@ -13,7 +13,6 @@ use kairos_scheduler::{
     dispatch::DispatchConfig,
     node::{self, Ownership, SchedulerConfig},
 };
-use kairos_store::PgStore;
 
 use super::{DatabaseOpts, shutdown, worker::default_node_id};
 
@@ -101,9 +100,7 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     if args.worker_token.is_empty() {
         bail!("KAIROS_WORKER_TOKEN must not be empty");
     }
-    let store = PgStore::connect(&args.db.database_url)
-        .await
-        .context("cannot connect to the database")?;
+    let store = args.db.store().await?;
     let mut coordinator = CoordinatorConfig::new(
         args.etcd_endpoints,
         args.node_id.unwrap_or_else(default_node_id),

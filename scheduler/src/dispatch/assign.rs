@@ -294,7 +294,14 @@ pub(super) fn assignment_message(a: &Offer, upcoming: bool) -> SchedulerMessage 
         attempt: a.attempt as i32,
         shard: u32::from(a.shard.get()),
         upcoming,
-        registry_auth: None,
+        registry_auth: a
+            .registry_auth
+            .as_ref()
+            .map(|r| scheduler_message::RegistryAuth {
+                server: r.server.clone(),
+                username: r.username.clone(),
+                password: r.password.expose().to_owned(),
+            }),
         tenant_id: a.tenant_id.to_string(),
     };
     SchedulerMessage {

@@ -6,9 +6,10 @@ use kairos_domain::{JobId, JobSpec, PageRequest, TenantId, run::cancel_reason};
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use super::PgStore;
 use super::rows::{JobRow, JobValues, convert, job_columns, page_of, push_keyset, stored_shard};
 use super::runs::{self, Pending};
+use super::tx::Tx;
+use super::{PgStore, credentials};
 use crate::{Job, Page, Result, SCHEDULE_CHANGES_CHANNEL, StoreError};
 
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, job_id = %id))]
@@ -19,10 +20,13 @@ pub(super) async fn create(
     spec: &JobSpec,
 ) -> Result<Job> {
     let v = JobValues::of(spec)?;
+    let mut tx = Tx::begin(pool).await?;
+    credentials::check_for_job(&mut tx, tenant, spec).await?;
     let row: JobRow = sqlx::query_as(concat!(
         "INSERT INTO jobs (id, tenant_id, name, image, command, env, memory_mb, timeout_seconds,
-             retry_max_attempts, retry_initial_backoff_seconds, retry_max_backoff_seconds, labels)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             retry_max_attempts, retry_initial_backoff_seconds, retry_max_backoff_seconds, labels,
+             registry_credential)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          RETURNING ",
         job_columns!()
     ))
@@ -38,8 +42,10 @@ pub(super) async fn create(
     .bind(v.retry_initial_backoff_seconds)
     .bind(v.retry_max_backoff_seconds)
     .bind(v.labels)
-    .fetch_one(pool)
+    .bind(v.registry_credential)
+    .fetch_one(tx.conn())
     .await?;
+    tx.commit().await?;
     Job::try_from(row)
 }
 
@@ -80,10 +86,12 @@ pub(super) async fn update(
     expected_version: i64,
 ) -> Result<Job> {
     let v = JobValues::of(spec)?;
+    let mut tx = Tx::begin(pool).await?;
+    credentials::check_for_job(&mut tx, tenant, spec).await?;
     let row: Option<JobRow> = sqlx::query_as(concat!(
         "UPDATE jobs SET name = $4, image = $5, command = $6, env = $7, memory_mb = $8,
              timeout_seconds = $9, retry_max_attempts = $10, retry_initial_backoff_seconds = $11,
-             retry_max_backoff_seconds = $12, labels = $13,
+             retry_max_backoff_seconds = $12, labels = $13, registry_credential = $14,
              version = version + 1, updated_at = now()
          WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL AND version = $3
          RETURNING ",
@@ -102,8 +110,10 @@ pub(super) async fn update(
     .bind(v.retry_initial_backoff_seconds)
     .bind(v.retry_max_backoff_seconds)
     .bind(v.labels)
-    .fetch_optional(pool)
+    .bind(v.registry_credential)
+    .fetch_optional(tx.conn())
     .await?;
+    tx.commit().await?;
     match row {
         Some(row) => row.try_into(),
         None => {

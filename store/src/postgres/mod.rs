@@ -2,6 +2,7 @@
 //! impls that delegate to one module per aggregate; it must never hold SQL of its own beyond
 //! wiring.
 
+mod credentials;
 mod dispatch;
 mod events;
 mod fencing;
@@ -33,9 +34,9 @@ use sqlx::postgres::PgPoolOptions;
 use crate::{
     AckedRuns, Assignment, DueRun, DueSchedule, FinishedRun, FinishedRuns, FiredRuns, Job,
     LeasedRun, LiveLog, Materialize, MaterializedAcross, MaterializedRun, NewApiKey, NewRun,
-    NewSchedule, Offer, Page, PartitionReport, PendingRun, Result, Run, RunAck, RunEvent,
-    RunFilter, RunLogs, RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore,
-    ShardChange, ShardLease, Store, Tenant,
+    NewSchedule, Offer, Page, PartitionReport, PendingRun, RegistryCredential, Result, Run, RunAck,
+    RunEvent, RunFilter, RunLogs, RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore,
+    SecretKey, ShardChange, ShardLease, Store, Tenant,
 };
 
 pub use partitions::DEFAULT_RETENTION_DAYS;
@@ -49,6 +50,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Seals and opens registry passwords; `None`: the server keeps no credentials.
+    secret_key: Option<std::sync::Arc<SecretKey>>,
 }
 
 impl PgStore {
@@ -64,12 +67,26 @@ impl PgStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// Wraps an existing pool.
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            secret_key: None,
+        }
+    }
+
+    /// Seals registry passwords under `key` (`KAIROS_SECRET_KEY`); without one, credentials
+    /// cannot be stored or opened.
+    pub fn with_secret_key(mut self, key: SecretKey) -> Self {
+        self.secret_key = Some(std::sync::Arc::new(key));
+        self
+    }
+
+    pub(crate) fn secret_key(&self) -> Option<&SecretKey> {
+        self.secret_key.as_deref()
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -130,6 +147,26 @@ impl Store for PgStore {
 
     async fn delete_job(&self, tenant: TenantId, id: JobId) -> Result<()> {
         jobs::delete(self, tenant, id).await
+    }
+
+    async fn create_registry_credential(
+        &self,
+        tenant: TenantId,
+        spec: &kairos_domain::CredentialSpec,
+    ) -> Result<RegistryCredential> {
+        credentials::create(self, tenant, spec).await
+    }
+
+    async fn list_registry_credentials(&self, tenant: TenantId) -> Result<Vec<RegistryCredential>> {
+        credentials::list(&self.pool, tenant).await
+    }
+
+    async fn delete_registry_credential(
+        &self,
+        tenant: TenantId,
+        name: &kairos_domain::CredentialName,
+    ) -> Result<()> {
+        credentials::delete(&self.pool, tenant, name).await
     }
 
     async fn create_schedule(&self, tenant: TenantId, new: &NewSchedule) -> Result<Schedule> {

@@ -8,7 +8,7 @@ use kairos_domain::{JobId, RunId};
 use uuid::Uuid;
 
 use super::{
-    PgStore, fencing,
+    PgStore, credentials, fencing,
     firing::fire_range,
     rows::{JobRow, RunRow, job_columns, offer, run_columns, shard_value},
 };
@@ -90,13 +90,32 @@ pub(super) async fn offers_across(
     .bind(&job_ids)
     .fetch_all(&mut *conn)
     .await?;
-    drop(conn);
     let jobs: HashMap<JobId, Job> = jobs
         .into_iter()
         .map(|row| Job::try_from(row).map(|job| (job.id, job)))
         .collect::<Result<_>>()?;
+    let wanted: Vec<(Uuid, String)> = jobs
+        .values()
+        .filter_map(|j| {
+            j.spec
+                .registry_credential
+                .as_ref()
+                .map(|c| (j.tenant_id.as_uuid(), c.as_str().to_owned()))
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let auth = credentials::auth_for(store, &mut conn, &wanted).await?;
+    drop(conn);
     // A run whose job is gone is not offered: the job's delete cancels it.
     runs.into_iter()
-        .filter_map(|run| jobs.get(&run.job_id).map(|job| offer(run, job)))
+        .filter_map(|run| {
+            let job = jobs.get(&run.job_id)?;
+            let registry_auth = job.spec.registry_credential.as_ref().and_then(|c| {
+                auth.get(&(job.tenant_id.as_uuid(), c.as_str().to_owned()))
+                    .cloned()
+            });
+            Some(offer(run, job, registry_auth))
+        })
         .collect()
 }

@@ -18,13 +18,18 @@ pub(crate) struct Tx {
 impl PgStore {
     /// Starts a transaction (read committed) on a pooled connection.
     pub(crate) async fn begin(&self) -> Result<Tx> {
-        Ok(Tx {
-            inner: self.pool.begin().await?,
-        })
+        Tx::begin(&self.pool).await
     }
 }
 
 impl Tx {
+    /// Starts a transaction (read committed) on a connection of `pool`.
+    pub(crate) async fn begin(pool: &sqlx::PgPool) -> Result<Tx> {
+        Ok(Tx {
+            inner: pool.begin().await?,
+        })
+    }
+
     /// The transaction's connection, to run statements on.
     pub(crate) fn conn(&mut self) -> &mut PgConnection {
         &mut self.inner

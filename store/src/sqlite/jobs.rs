@@ -9,7 +9,7 @@ use sqlx::types::Json;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::SqliteStore;
+use super::{SqliteStore, credentials};
 use super::rows::{JobRow, JobValues, convert, job_columns, page_of, push_keyset, stored_shard};
 use super::runs::{self, Pending};
 use crate::{ChangeKind, Job, Page, Result, StoreError};
@@ -29,6 +29,7 @@ pub(super) struct SqliteJobRow {
     retry_initial_backoff_seconds: i32,
     retry_max_backoff_seconds: i32,
     labels: Json<Value>,
+    registry_credential: Option<String>,
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -51,6 +52,7 @@ impl TryFrom<SqliteJobRow> for Job {
             retry_initial_backoff_seconds: row.retry_initial_backoff_seconds,
             retry_max_backoff_seconds: row.retry_max_backoff_seconds,
             labels: row.labels,
+            registry_credential: row.registry_credential,
             version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -68,11 +70,12 @@ pub(super) async fn create(
     let v = JobValues::of(spec)?;
     let mut tx = store.begin_write().await?;
     let now = tx.now.clone();
+    credentials::check_for_job(tx.conn(), tenant, spec).await?;
     let row: SqliteJobRow = sqlx::query_as(concat!(
         "INSERT INTO jobs (id, tenant_id, name, image, command, env, memory_mb, timeout_seconds,
              retry_max_attempts, retry_initial_backoff_seconds, retry_max_backoff_seconds, labels,
-             created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)
+             created_at, updated_at, registry_credential)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14)
          RETURNING ",
         job_columns!()
     ))
@@ -89,6 +92,7 @@ pub(super) async fn create(
     .bind(v.retry_max_backoff_seconds)
     .bind(v.labels)
     .bind(now)
+    .bind(v.registry_credential)
     .fetch_one(tx.conn())
     .await?;
     let job = Job::try_from(row)?;
@@ -139,10 +143,11 @@ pub(super) async fn update(
     let v = JobValues::of(spec)?;
     let mut tx = store.begin_write().await?;
     let now = tx.now.clone();
+    credentials::check_for_job(tx.conn(), tenant, spec).await?;
     let row: Option<SqliteJobRow> = sqlx::query_as(concat!(
         "UPDATE jobs SET name = ?4, image = ?5, command = ?6, env = ?7, memory_mb = ?8,
              timeout_seconds = ?9, retry_max_attempts = ?10, retry_initial_backoff_seconds = ?11,
-             retry_max_backoff_seconds = ?12, labels = ?13,
+             retry_max_backoff_seconds = ?12, labels = ?13, registry_credential = ?15,
              version = version + 1, updated_at = ?14
          WHERE tenant_id = ?1 AND id = ?2 AND deleted_at IS NULL AND version = ?3
          RETURNING ",
@@ -162,6 +167,7 @@ pub(super) async fn update(
     .bind(v.retry_max_backoff_seconds)
     .bind(v.labels)
     .bind(now)
+    .bind(v.registry_credential)
     .fetch_optional(tx.conn())
     .await?;
     let Some(row) = row else {

@@ -16,6 +16,7 @@
 //! - *No partitions.* Retention deletes the runs of the months past it (see `retention.rs`).
 
 mod changes;
+mod credentials;
 mod dispatch;
 mod events;
 mod fencing;
@@ -45,9 +46,10 @@ use tokio::sync::broadcast;
 use crate::{
     AckedRuns, Assignment, DueRun, DueSchedule, FinishedRun, FinishedRuns, FiredRuns, Job,
     LeasedRun, LiveLog, Materialize, MaterializedAcross, MaterializedRun, NewApiKey, NewRun,
-    NewSchedule, Offer, Page, PartitionReport, PendingRun, Result, Run, RunAck, RunEvent,
+    NewSchedule, Offer, Page, PartitionReport, PendingRun, RegistryCredential, Result, Run, RunAck,
+    RunEvent,
     RunFilter, RunLogs, RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore,
-    ShardChange, ShardLease, Store, Tenant,
+    SecretKey, ShardChange, ShardLease, Store, Tenant,
 };
 
 /// The row types and conversions shared with the other SQL backend.
@@ -70,6 +72,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     changes: broadcast::Sender<ShardChange>,
+    /// Seals and opens registry passwords; `None`: credentials cannot be stored or used.
+    secret_key: Option<std::sync::Arc<SecretKey>>,
 }
 
 impl SqliteStore {
@@ -106,7 +110,19 @@ impl SqliteStore {
             writer,
             reader,
             changes,
+            secret_key: None,
         })
+    }
+
+    /// Seals registry passwords under `key`; without one, credentials cannot be stored or
+    /// opened.
+    pub fn with_secret_key(mut self, key: SecretKey) -> Self {
+        self.secret_key = Some(std::sync::Arc::new(key));
+        self
+    }
+
+    pub(crate) fn secret_key(&self) -> Option<&SecretKey> {
+        self.secret_key.as_deref()
     }
 
     /// Applies `migrations/sqlite/` (idempotent).
@@ -169,6 +185,26 @@ impl Store for SqliteStore {
 
     async fn delete_job(&self, tenant: TenantId, id: JobId) -> Result<()> {
         jobs::delete(self, tenant, id).await
+    }
+
+    async fn create_registry_credential(
+        &self,
+        tenant: TenantId,
+        spec: &kairos_domain::CredentialSpec,
+    ) -> Result<RegistryCredential> {
+        credentials::create(self, tenant, spec).await
+    }
+
+    async fn list_registry_credentials(&self, tenant: TenantId) -> Result<Vec<RegistryCredential>> {
+        credentials::list(self, tenant).await
+    }
+
+    async fn delete_registry_credential(
+        &self,
+        tenant: TenantId,
+        name: &kairos_domain::CredentialName,
+    ) -> Result<()> {
+        credentials::delete(self, tenant, name).await
     }
 
     async fn create_schedule(&self, tenant: TenantId, new: &NewSchedule) -> Result<Schedule> {

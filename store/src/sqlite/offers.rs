@@ -2,11 +2,12 @@
 //! ack (or, for upcoming runs, before the fire). Reads only, so no fence: the ack or the fire
 //! (`firing.rs`) is the decision and re-checks everything in its write transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use kairos_domain::{JobId, RunId};
+use uuid::Uuid;
 
-use super::SqliteStore;
+use super::{SqliteStore, credentials};
 use super::fencing::{self, shards_json};
 use super::jobs::SqliteJobRow;
 use super::rows::{RunRow, job_columns, offer, run_columns};
@@ -84,14 +85,30 @@ pub(super) async fn offers_across(
         .await?;
         jobs.insert(run.job_id, row.map(Job::try_from).transpose()?);
     }
+    let wanted: Vec<(Uuid, String)> = jobs
+        .values()
+        .flatten()
+        .filter_map(|j| {
+            j.spec
+                .registry_credential
+                .as_ref()
+                .map(|c| (j.tenant_id.as_uuid(), c.as_str().to_owned()))
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let auth = credentials::auth_for(store, &mut tx, &wanted).await?;
     tx.commit().await?;
     // A run whose job is gone is not offered: the job's delete cancels it.
     found
         .into_iter()
         .filter_map(|run| {
-            jobs.get(&run.job_id)
-                .and_then(Option::as_ref)
-                .map(|job| offer(run, job))
+            let job = jobs.get(&run.job_id)?.as_ref()?;
+            let registry_auth = job.spec.registry_credential.as_ref().and_then(|c| {
+                auth.get(&(job.tenant_id.as_uuid(), c.as_str().to_owned()))
+                    .cloned()
+            });
+            Some(offer(run, job, registry_auth))
         })
         .collect()
 }
