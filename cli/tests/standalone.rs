@@ -337,6 +337,21 @@ async fn standalone_runs_jobs_now_and_on_schedule_and_keeps_everything_across_re
     .await;
     bad_input_is_refused_naming_the_field(&s, &rest, 1).await;
 
+    // Registry credentials work (sealed under the key kept in the data directory).
+    let (status, created) = rest
+        .post(
+            "/v1/registry-credentials",
+            json!({ "name": "private", "server": "registry.example.com", "username": "bot",
+                    "password": "hunter2-secret" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let mode = std::fs::metadata(s.data_dir.join("secret-key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
     // SIGTERM drains and exits 0, without an error logged.
     let status = s.process.terminate(Duration::from_secs(90)).await.unwrap();
     assert!(status.success(), "exit {status:?}\n{}", s.process.output());
@@ -367,6 +382,18 @@ async fn standalone_runs_jobs_now_and_on_schedule_and_keeps_everything_across_re
         (200, &run["id"]),
         "idempotent across a restart"
     );
+    // The credential is still there, and a job can name it (its seal opens with the kept key).
+    let (status, listed) = rest.get("/v1/registry-credentials").await;
+    assert_eq!(status, 200, "{listed}");
+    assert!(!listed.to_string().contains("hunter2-secret"), "{listed}");
+    let (status, private) = rest
+        .post(
+            "/v1/jobs",
+            json!({ "name": "private", "image": "registry.example.com/team/app:1",
+                    "registry_credential": "private" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{private}");
     rest.wait_runs(&every_id, "the schedule fired after the restart", |runs| {
         runs.iter().any(|r| {
             r["trigger"] == "schedule" && r["state"] == "succeeded" && fire_time(r) > stopped_at
@@ -445,7 +472,7 @@ async fn standalone_runs_jobs_now_and_on_schedule_and_keeps_everything_across_re
     })
     .await;
 
-    bad_input_is_refused_naming_the_field(&s, &rest, 1).await;
+    bad_input_is_refused_naming_the_field(&s, &rest, 2).await;
     let status = s.process.terminate(Duration::from_secs(90)).await.unwrap();
     assert!(status.success(), "exit {status:?}\n{}", s.process.output());
     assert!(s.data_dir.join("kairos.db").is_file());

@@ -12,8 +12,8 @@ pub mod model;
 pub mod postgres;
 mod rows;
 pub mod scheduling;
-pub mod sqlite;
 pub mod seal;
+pub mod sqlite;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -28,8 +28,8 @@ pub use error::StoreError;
 pub use model::*;
 pub use postgres::PgStore;
 pub use scheduling::*;
-pub use sqlite::SqliteStore;
 pub use seal::{BadSecretKey, SecretKey};
+pub use sqlite::SqliteStore;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

@@ -4,8 +4,9 @@
 //! `KAIROS_GRPC_ADDR` and `KAIROS_RUNTIME` (plus the scheduler's tuning variables).
 //!
 //! It keeps in the data directory the database (`kairos.db`), a lock (`lock`: one process per
-//! directory) and the default tenant's API key (`credentials`, mode 0600: the database keeps
-//! only its hash), so the key is the same on every start. It prints the URLs and, on a line of
+//! directory), the default tenant's API key (`credentials`, mode 0600: the database keeps
+//! only its hash), so the key is the same on every start, and the key sealing registry
+//! passwords (`secret-key`, mode 0600, unless `KAIROS_SECRET_KEY` gives one). It prints the URLs and, on a line of
 //! its own, `api key: <KEY>`, and writes both to the CLI's credentials file. The worker reaches
 //! the scheduler over the real `WorkerService` gRPC on a loopback port, with a token made up at
 //! each start. On SIGTERM or Ctrl-C it stops the API, lets the worker drain (its reports reach
@@ -30,7 +31,7 @@ use kairos_scheduler::{
     node::{self, Ownership},
 };
 use kairos_sdk::Credentials;
-use kairos_store::{NewApiKey, SqliteStore, Store};
+use kairos_store::{NewApiKey, SecretKey, SqliteStore, Store};
 use kairos_worker::{WorkerConfig, config::Schedulers};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,7 @@ const DEFAULT_TENANT: &str = "default";
 const DATABASE_FILE: &str = "kairos.db";
 const LOCK_FILE: &str = "lock";
 const KEY_FILE: &str = "credentials";
+const SECRET_KEY_FILE: &str = "secret-key";
 
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
@@ -83,6 +85,10 @@ pub struct StandaloneArgs {
     /// Seconds in-flight API requests get to finish after SIGTERM.
     #[arg(long, env = "KAIROS_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
+    /// Key (64 hex digits) sealing registry passwords at rest (default: one made up on the
+    /// first start and kept in the data directory as `secret-key`, mode 0600).
+    #[arg(long, env = "KAIROS_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
     #[command(flatten)]
     pub planning: PlanningOpts,
 }
@@ -97,9 +103,14 @@ pub async fn run(args: StandaloneArgs, admin_token: Option<String>) -> anyhow::R
     };
     private_dir(&data_dir)?;
     let _lock = lock(&data_dir)?;
+    let secret_key = match args.secret_key.as_deref().filter(|k| !k.is_empty()) {
+        Some(key) => SecretKey::from_hex(key)?,
+        None => kept_secret_key(&data_dir)?,
+    };
     let store = SqliteStore::open(&data_dir.join(DATABASE_FILE))
         .await
-        .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
+        .with_context(|| format!("cannot open the database in {}", data_dir.display()))?
+        .with_secret_key(secret_key);
     store.migrate().await.context("migrations failed")?;
     let key = default_tenant_key(&store, &data_dir).await?;
 
@@ -293,6 +304,44 @@ fn lock(dir: &Path) -> anyhow::Result<fs::File> {
         Err(fs::TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }
+    }
+}
+
+/// The key sealing registry passwords: the one kept in the data directory, or a new one, kept
+/// there (mode 0600) before anything is sealed with it.
+fn kept_secret_key(dir: &Path) -> anyhow::Result<SecretKey> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let path = dir.join(SECRET_KEY_FILE);
+    match fs::read_to_string(&path) {
+        Ok(hex) => {
+            let mode = fs::metadata(&path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                bail!(
+                    "{} is readable by others (mode {:o}): run `chmod 600 {}`",
+                    path.display(),
+                    mode & 0o777,
+                    path.display()
+                );
+            }
+            SecretKey::from_hex(hex.trim())
+                .with_context(|| format!("{} does not hold a secret key", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let hex = SecretKey::generate_hex();
+            let temp = dir.join(format!(".{SECRET_KEY_FILE}.tmp{}", std::process::id()));
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temp)
+                .with_context(|| format!("cannot write {}", temp.display()))?;
+            file.write_all(hex.as_bytes())?;
+            file.sync_all()?;
+            fs::rename(&temp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(SecretKey::from_hex(&hex)?)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 

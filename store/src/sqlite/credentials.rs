@@ -111,13 +111,12 @@ pub(super) async fn delete(
 ) -> Result<()> {
     // The write transaction holds the write lock: no job can name it meanwhile.
     let mut tx = store.begin_write().await?;
-    let found: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM registry_credentials WHERE tenant_id = ?1 AND name = ?2",
-    )
-    .bind(tenant.as_uuid())
-    .bind(name.as_str())
-    .fetch_optional(tx.conn())
-    .await?;
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM registry_credentials WHERE tenant_id = ?1 AND name = ?2")
+            .bind(tenant.as_uuid())
+            .bind(name.as_str())
+            .fetch_optional(tx.conn())
+            .await?;
     found.ok_or(StoreError::NotFound("registry credential"))?;
     let users: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM jobs

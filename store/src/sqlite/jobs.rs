@@ -9,9 +9,9 @@ use sqlx::types::Json;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::{SqliteStore, credentials};
 use super::rows::{JobRow, JobValues, convert, job_columns, page_of, push_keyset, stored_shard};
 use super::runs::{self, Pending};
+use super::{SqliteStore, credentials};
 use crate::{ChangeKind, Job, Page, Result, StoreError};
 
 /// A `jobs` row as SQLite holds it: the command is a JSON array.

@@ -47,8 +47,7 @@ use crate::{
     AckedRuns, Assignment, DueRun, DueSchedule, FinishedRun, FinishedRuns, FiredRuns, Job,
     LeasedRun, LiveLog, Materialize, MaterializedAcross, MaterializedRun, NewApiKey, NewRun,
     NewSchedule, Offer, Page, PartitionReport, PendingRun, RegistryCredential, Result, Run, RunAck,
-    RunEvent,
-    RunFilter, RunLogs, RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore,
+    RunEvent, RunFilter, RunLogs, RunOutcome, RunReport, Schedule, ScheduleChange, SchedulerStore,
     SecretKey, ShardChange, ShardLease, Store, Tenant,
 };
 

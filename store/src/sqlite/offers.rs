@@ -7,10 +7,10 @@ use std::collections::{HashMap, HashSet};
 use kairos_domain::{JobId, RunId};
 use uuid::Uuid;
 
-use super::{SqliteStore, credentials};
 use super::fencing::{self, shards_json};
 use super::jobs::SqliteJobRow;
 use super::rows::{RunRow, job_columns, offer, run_columns};
+use super::{SqliteStore, credentials};
 use crate::{Job, LeasedRun, Offer, Result, Run, ShardLease};
 
 /// Offers for queued runs of one shard (the single-shard form of [`offers_across`]), refused
