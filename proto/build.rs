@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         // No `XClient::connect(url)` helper: it would clash with `WorkerService.Connect`.
         // Clients build a `tonic::transport::Channel` and call `XClient::new(channel)`.
         .build_transport(false)
+        // Registry credentials are secret: their `Debug` is written by hand and redacts them.
+        .skip_debug([".kairos.v1.SchedulerMessage.RegistryAuth"])
         .file_descriptor_set_path(out_dir.join("kairos_descriptor.bin"))
         .compile_with_config(config, &protos, &includes)?;
     Ok(())

@@ -16,7 +16,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use kairos_testkit::{KairosProcess, free_port};
+use kairos_testkit::{ContainerCleanup, KairosProcess, TestImage, free_port, require_docker};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kairos");
@@ -488,6 +488,11 @@ async fn standalone_with_the_docker_runtime_and_no_engine_says_how_to_fix_it() {
         .env("KAIROS_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("KAIROS_GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
         .env_remove("KAIROS_RUNTIME")
+        // The default runtime, and no engine where it looks for one.
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", dir.path().join("no-docker.sock").display()),
+        )
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -501,6 +506,9 @@ async fn standalone_with_the_docker_runtime_and_no_engine_says_how_to_fix_it() {
         1,
         "{stderr}"
     );
+    assert!(stderr.contains("Start Docker"), "the fix: {stderr}");
+    // Nothing was started: no key printed.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("api key:"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,4 +536,51 @@ async fn a_second_standalone_on_the_same_data_dir_is_refused() {
     let rest = Rest::new(&s, &s.printed_key());
     let (status, _) = rest.get("/v1/jobs").await;
     assert_eq!(status, 200);
+}
+
+/// The default runtime: a job runs in a container of a local image on the real engine, its
+/// output and end recorded, and the process drains on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_runs_jobs_in_docker_containers_by_default() {
+    require_docker().await.unwrap();
+    let image = TestImage::busybox().await.unwrap();
+    let mut s = Standalone::start(&[
+        ("KAIROS_RUNTIME", "docker"),
+        ("KAIROS_STOP_GRACE_SECONDS", "1"),
+    ])
+    .await;
+    let key = s.printed_key();
+    let rest = Rest::new(&s, &key);
+    let (status, job) = rest
+        .post(
+            "/v1/jobs",
+            json!({ "name": "in a container", "image": image.reference(), "memory_mb": 64,
+                    "command": ["sh", "-c", "echo hello from a container; exit 3"] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let _containers = ContainerCleanup::labelled("kairos.job_id", &job_id).unwrap();
+    let (status, run) = rest
+        .post(&format!("/v1/jobs/{job_id}/runs"), json!({}))
+        .await;
+    assert_eq!(status, 201, "{run}");
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let done = rest.wait_terminal(&run_id).await;
+    assert_eq!(
+        (&done["state"], &done["reason"], &done["exit_code"]),
+        (&json!("failed"), &json!("exit_code"), &json!(3)),
+        "{done}\n{}",
+        s.process.output()
+    );
+    let (_, logs) = rest.get(&format!("/v1/runs/{run_id}/logs")).await;
+    assert!(
+        logs["content"]
+            .as_str()
+            .unwrap()
+            .contains("hello from a container"),
+        "{logs}"
+    );
+    let status = s.process.terminate(Duration::from_secs(90)).await.unwrap();
+    assert!(status.success(), "exit {status:?}\n{}", s.process.output());
 }

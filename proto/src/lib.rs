@@ -8,6 +8,16 @@
 /// Package `kairos.v1`: messages, `*_client` and `*_server` modules.
 pub mod v1 {
     tonic::include_proto!("kairos.v1");
+
+    impl std::fmt::Debug for scheduler_message::RegistryAuth {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RegistryAuth")
+                .field("server", &self.server)
+                .field("username", &self.username)
+                .field("password", &"***")
+                .finish()
+        }
+    }
 }
 
 /// The encoded `FileDescriptorSet` of every Kairos proto, for `tonic-reflection`.
@@ -111,6 +121,18 @@ mod tests {
         };
         let decoded = v1::SchedulerMessage::decode(assignment.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded, assignment);
+    }
+
+    #[test]
+    fn registry_credentials_never_show_their_password_in_debug() {
+        let auth = scheduler_message::RegistryAuth {
+            server: "registry.example.com".into(),
+            username: "robot".into(),
+            password: "hunter2-secret".into(),
+        };
+        let shown = format!("{auth:?}");
+        assert!(shown.contains("robot"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

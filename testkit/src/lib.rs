@@ -1,4 +1,4 @@
-//! Test harness that runs the real things on loopback (Postgres, etcd, `kairos` processes); never used by production code.
+//! Test harness that runs the real things on loopback (Postgres, etcd, an image registry, Docker test images, a fake scheduler node, `kairos` processes); never used by production code.
 //!
 //! Every helper here owns what it starts: throwaway servers live in temporary
 //! directories on free `127.0.0.1` ports and are stopped when their owner goes
@@ -19,7 +19,9 @@
 //! # }
 //! ```
 
+pub mod docker;
 mod etcd;
+mod fake_scheduler;
 mod line_buffer;
 mod ports;
 mod postgres;
@@ -27,13 +29,17 @@ mod postgres_server;
 mod process;
 mod proxy;
 mod reaper;
+mod registry;
 mod shutdown;
 
+pub use docker::{ContainerCleanup, TestImage, require_docker};
 pub use etcd::{TestEtcd, etcd, owned_etcd};
+pub use fake_scheduler::{FakeScheduler, WorkerStream};
 pub use ports::free_port;
 pub use postgres::{TestDatabase, TestPostgres, database, dedicated_postgres};
 pub use process::KairosProcess;
 pub use proxy::TcpProxy;
+pub use registry::TestRegistry;
 
 /// Environment variable naming an admin URL of a Postgres server to create test databases on.
 pub const DATABASE_URL_ENV: &str = "KAIROS_TEST_DATABASE_URL";

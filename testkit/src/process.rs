@@ -188,6 +188,14 @@ impl KairosProcess {
                 .await
                 .context("waiting for the killed process")?;
         }
+        // The old run's group goes now, while its number still names it: once every member is
+        // gone the kernel hands the number out again (pids wrap at 32768 here), and a kill at
+        // drop time could hit whatever process group got it.
+        for pgid in self.groups.drain(..) {
+            if shutdown::kill_group(pgid).is_ok() {
+                reaper::untrack(&Leftover::Group(pgid));
+            }
+        }
         // Children of the old run may still hold the pipes open: give the
         // readers a moment to take what was printed, then leave them be.
         let _ = tokio::time::timeout(DRAIN_OLD_OUTPUT, async {

@@ -35,6 +35,10 @@ pub(crate) enum Leftover {
     Group(i32),
     /// A directory to remove recursively.
     Dir(PathBuf),
+    /// Docker containers with this label (`key=value`) to remove, running or not.
+    DockerContainers(String),
+    /// A Docker image reference to remove.
+    DockerImage(String),
 }
 
 #[derive(Debug)]
@@ -57,6 +61,8 @@ impl Tracked {
             "while read -r kind value; do case $kind in \
                group) kill -KILL \"-$value\" 2>/dev/null;; \
                dir) rm -rf \"$value\";; \
+               containers) docker ps -aq --filter \"label=$value\" | xargs -r docker rm -f >/dev/null 2>&1;; \
+               image) docker rmi -f \"$value\" >/dev/null 2>&1;; \
              esac; done < {quoted}; rm -f {quoted}"
         ))?;
         Ok(Self {
@@ -73,6 +79,12 @@ impl Tracked {
                 Leftover::Dir(path) => {
                     text.push_str(&format!("dir {}\n", path.to_string_lossy()));
                 }
+                Leftover::DockerContainers(label) => {
+                    text.push_str(&format!("containers {label}\n"));
+                }
+                Leftover::DockerImage(reference) => {
+                    text.push_str(&format!("image {reference}\n"));
+                }
             }
         }
         std::fs::write(&self.file, text).context("writing the leftovers list")
@@ -86,6 +98,14 @@ pub(crate) fn track(leftover: Leftover) -> anyhow::Result<()> {
         && (!path.is_absolute() || path.to_string_lossy().contains('\n'))
     {
         bail!("refusing to track {} for removal", path.display());
+    }
+    if let Leftover::DockerContainers(value) | Leftover::DockerImage(value) = &leftover
+        && (value.is_empty()
+            || value
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, '"' | '$' | '`' | '\\')))
+    {
+        bail!("refusing to track docker leftover {value:?} for removal");
     }
     let mut tracked = LEFTOVERS.lock().unwrap_or_else(PoisonError::into_inner);
     if tracked.is_none() {

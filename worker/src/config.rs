@@ -1,11 +1,15 @@
 //! Settings of `kairos worker`, as the operator contract names them (`KAIROS_*` variables).
 //! The worker token is a secret: its `Debug` output never shows it.
 
-use std::{fmt, time::Duration};
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use crate::runtime::DockerSettings;
 
 /// Which runtime starts the runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeKind {
+    /// Runs the job's image in a hardened container on the local Docker engine (the default).
+    Docker,
     /// Runs the job's `command` directly on this host; for trusted installs and benchmarks.
     Process,
 }
@@ -40,6 +44,11 @@ pub struct WorkerConfig {
     pub heartbeat_every: Duration,
     /// How long running runs may take to finish after SIGTERM before they are killed.
     pub drain_grace: Duration,
+    /// Settings of the Docker runtime (also its stop grace for the process runtime).
+    pub docker: DockerSettings,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (`KAIROS_METRICS_ADDR`); none if
+    /// unset.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl fmt::Debug for WorkerConfig {
@@ -52,6 +61,8 @@ impl fmt::Debug for WorkerConfig {
             .field("token", &"***")
             .field("heartbeat_every", &self.heartbeat_every)
             .field("drain_grace", &self.drain_grace)
+            .field("docker", &self.docker)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }

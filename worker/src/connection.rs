@@ -1,12 +1,13 @@
-//! One worker ↔ scheduler stream: grants credits, acks assignments, starts a run only when the
-//! scheduler confirms the ack (a cancel that won the race means nothing starts), heartbeats
-//! running runs, and delivers reports — keeping undelivered reports across reconnects.
+//! One worker ↔ scheduler stream: grants credits (free slots and cached images), acks
+//! assignments, passes the scheduler's go or no-go to the run's lifecycle, heartbeats running
+//! runs, sends their live output tail, and delivers reports — keeping undelivered reports
+//! across reconnects.
 //!
 //! Dispatch over this stream is the scheduler's; this side never decides what runs, only
-//! whether it has room.
+//! whether it has room, and it never starts a run the scheduler did not confirm.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -16,21 +17,36 @@ use kairos_proto::v1::{
     SchedulerMessage, WorkerMessage, scheduler_message, worker_message,
     worker_service_client::WorkerServiceClient,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, metadata::MetadataValue, transport::Endpoint};
 
 use crate::{
-    WorkerConfig,
-    runtime::{Finished, Outcome, RunSpec, Runtime, StopSignals},
-    slots::{SlotGuard, Slots},
+    WorkerConfig, lifecycle,
+    logs::LiveLog,
+    metrics::Metrics,
+    runtime::{Finished, Outcome, RegistryAuth, RunSpec, Runtime},
+    slots::Slots,
 };
 
 /// Messages buffered toward one scheduler before senders wait.
 const OUTBOUND_BUFFER: usize = 256;
 /// Reports buffered per scheduler while its stream is down.
 const REPORT_BUFFER: usize = 1024;
+/// How long a stopping stream waits for the scheduler to confirm the final reports (within
+/// the agent's flush time).
+const FINAL_ACK_WAIT: Duration = Duration::from_secs(4);
+/// How often a running run's live output tail is sent, when it changed.
+const LIVE_TAIL_EVERY: Duration = Duration::from_secs(1);
+
+/// A run executing on this worker (the scheduler confirmed it, or it was re-attached).
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub cancel: CancellationToken,
+    pub log: LiveLog,
+    pub shard: u32,
+}
 
 /// What the streams of one worker share.
 #[derive(Debug, Clone)]
@@ -38,49 +54,52 @@ pub struct Shared {
     pub config: Arc<WorkerConfig>,
     pub runtime: Arc<dyn Runtime>,
     pub slots: Slots,
-    /// Runs executing; owned here so shutdown can wait for them.
+    pub metrics: Metrics,
+    /// Runs being prepared or executing; owned here so shutdown can wait for them.
     pub runs: TaskTracker,
     /// Cancelled when the worker starts draining: no new credits.
     pub draining: CancellationToken,
     /// Cancelled when the drain grace ran out: running runs are abandoned.
     pub abandon: CancellationToken,
-    /// Every run executing on this worker, whichever stream started it: heartbeats name them
-    /// all on every stream, and a cancel from any scheduler reaches them.
-    pub running: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    /// Every run executing on this worker, whichever stream started it: heartbeats and live
+    /// tails name them all on every stream, and a cancel from any scheduler reaches them.
+    /// Lock order: `running` before `offered`.
+    pub running: Arc<Mutex<HashMap<String, Running>>>,
     /// The report outbox of every scheduler stream. A run's report goes to all of them: the
     /// shard may have moved to another node since the run started.
     pub outboxes: Arc<Mutex<HashMap<String, mpsc::Sender<Report>>>>,
     /// Reports not yet confirmed by a scheduler (`ReportAck`): named in heartbeats and re-sent
     /// on every heartbeat tick, so a run's end survives handoffs and broken streams.
     pub unacked: Arc<Mutex<HashMap<String, Report>>>,
-    /// Runs acked on some stream and waiting for that scheduler's decision: the same run
-    /// offered by two nodes (a shard handoff) is accepted on one stream only.
-    pub offered: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Runs acked on some stream and waiting for that scheduler's go (being prepared or
+    /// prepared), with the token a `Cancel` fires: the same run offered by two nodes (a
+    /// shard handoff) is accepted on one stream only.
+    pub offered: Arc<Mutex<HashMap<String, CancellationToken>>>,
 }
 
 impl Shared {
-    fn running(&self) -> MutexGuard<'_, HashMap<String, CancellationToken>> {
+    pub(crate) fn running(&self) -> MutexGuard<'_, HashMap<String, Running>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn outboxes(&self) -> MutexGuard<'_, HashMap<String, mpsc::Sender<Report>>> {
+    pub(crate) fn outboxes(&self) -> MutexGuard<'_, HashMap<String, mpsc::Sender<Report>>> {
         self.outboxes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn offered(&self) -> MutexGuard<'_, std::collections::HashSet<String>> {
+    pub(crate) fn offered(&self) -> MutexGuard<'_, HashMap<String, CancellationToken>> {
         self.offered.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn unacked(&self) -> MutexGuard<'_, HashMap<String, Report>> {
+    pub(crate) fn unacked(&self) -> MutexGuard<'_, HashMap<String, Report>> {
         self.unacked.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Report {
-    run_id: String,
-    shard: u32,
-    finished: Finished,
+    pub run_id: String,
+    pub shard: u32,
+    pub finished: Finished,
 }
 
 /// Keeps a stream to the scheduler at `url` until `stop`, reconnecting with backoff.
@@ -137,29 +156,17 @@ async fn session(
         .await?;
     let (out_tx, out_rx) = mpsc::channel::<WorkerMessage>(OUTBOUND_BUFFER);
     let config = &shared.config;
-    let free = if shared.draining.is_cancelled() {
-        0
-    } else {
-        shared.slots.free()
-    };
     let hello = worker_message::Hello {
         worker_id: config.worker_id.clone(),
         slots: config.slots,
-        cached_images: Vec::new(),
+        cached_images: shared.runtime.cached_images(),
         labels: Default::default(),
     };
     // Queued before the stream opens, so they are the first messages the scheduler reads.
     let _ = out_tx
         .send(message(worker_message::Kind::Hello(hello)))
         .await;
-    let _ = out_tx
-        .send(message(worker_message::Kind::Credit(
-            worker_message::Credit {
-                slots: free,
-                cached_images: Vec::new(),
-            },
-        )))
-        .await;
+    let _ = out_tx.send(message(credit(shared))).await;
     let mut request = Request::new(ReceiverStream::new(out_rx));
     let bearer = MetadataValue::try_from(format!("Bearer {}", config.token))
         .map_err(|_| SessionError::Config)?;
@@ -170,9 +177,14 @@ async fn session(
         .into_inner();
     tracing::info!(scheduler = %url, worker_id = %config.worker_id, "connected to scheduler");
 
-    // Assignments acked and waiting for the scheduler's go, each holding its slot.
-    let mut awaiting: HashMap<String, (RunSpec, SlotGuard)> = HashMap::new();
+    // Assignments acked on this stream, waiting for this scheduler's go. Dropped with the
+    // stream: a lifecycle whose go can no longer come drops its run without starting it.
+    let mut awaiting: HashMap<String, oneshot::Sender<bool>> = HashMap::new();
+    // Output bytes of each running run as of the live tail last sent on this stream.
+    let mut tails_sent: HashMap<String, u64> = HashMap::new();
     let mut heartbeat = tokio::time::interval(config.heartbeat_every);
+    let mut live_tail = tokio::time::interval(LIVE_TAIL_EVERY);
+    live_tail.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let send = |kind| {
         let out_tx = out_tx.clone();
         async move {
@@ -189,6 +201,32 @@ async fn session(
                 while let Ok(report) = report_rx.try_recv() {
                     send(report_kind(report)).await?;
                 }
+                let pending: Vec<Report> = shared.unacked().values().cloned().collect();
+                for report in pending {
+                    send(report_kind(report)).await?;
+                }
+                // Leaving at once would drop the stream, which can reset it before those
+                // messages are on the wire: wait (bounded) until some scheduler confirmed them.
+                let flush = tokio::time::sleep(FINAL_ACK_WAIT);
+                tokio::pin!(flush);
+                while !shared.unacked().is_empty() {
+                    tokio::select! {
+                        message = inbound.message() => match message {
+                            Ok(Some(SchedulerMessage { kind: Some(scheduler_message::Kind::ReportAck(ack)) })) => {
+                                if shared.unacked().remove(&ack.run_id).is_some() {
+                                    // Inline: the worker is about to exit.
+                                    shared.runtime.release(&ack.run_id).await;
+                                }
+                            }
+                            Ok(Some(_)) => {}
+                            Ok(None) | Err(_) => break,
+                        },
+                        () = &mut flush => {
+                            tracing::warn!(scheduler = %url, unconfirmed = shared.unacked().len(), "final reports not confirmed in time");
+                            break;
+                        }
+                    }
+                }
                 return Ok(());
             }
             inbound_message = inbound.message() => {
@@ -197,40 +235,35 @@ async fn session(
                 };
                 match kind {
                     scheduler_message::Kind::Assignment(a) => {
-                        let run_id = a.run_id.clone();
-                        let taken = shared.running().contains_key(&run_id) || !shared.offered().insert(run_id.clone());
-                        let slot = (!taken && !shared.draining.is_cancelled()).then(|| shared.slots.try_reserve()).flatten();
-                        let accept = slot.is_some();
-                        match slot {
-                            Some(slot) => {
-                                awaiting.insert(run_id.clone(), (assignment_spec(a), slot));
-                            }
-                            None if !taken => {
-                                shared.offered().remove(&run_id);
-                            }
-                            None => {}
+                        let upcoming = a.upcoming;
+                        let spec = assignment_spec(a);
+                        let run_id = spec.run_id.clone();
+                        let go = lifecycle::offer(shared, spec, upcoming);
+                        let accept = go.is_some();
+                        if let Some(go) = go {
+                            awaiting.insert(run_id.clone(), go);
                         }
-                        tracing::debug!(run_id = %run_id, accept, "assignment received");
+                        tracing::debug!(run_id = %run_id, accept, upcoming, "assignment received");
                         send(worker_message::Kind::Ack(worker_message::Ack { run_id, accept })).await?;
                     }
                     scheduler_message::Kind::AckResult(result) => {
-                        let Some((spec, slot)) = awaiting.remove(&result.run_id) else { continue };
-                        shared.offered().remove(&result.run_id);
-                        if result.start {
-                            let cancel = CancellationToken::new();
-                            shared.running().insert(spec.run_id.clone(), cancel.clone());
-                            start(shared, spec, slot, cancel);
-                        } else {
+                        let Some(go) = awaiting.remove(&result.run_id) else { continue };
+                        if !result.start {
                             tracing::info!(run_id = %result.run_id, "scheduler withdrew the run (cancelled or changed): not starting");
-                            drop(slot);
-                            send(worker_message::Kind::Credit(worker_message::Credit { slots: credit(shared), cached_images: Vec::new() })).await?;
                         }
+                        // A closed receiver means the lifecycle already gave up on the run.
+                        let _ = go.send(result.start);
                     }
                     scheduler_message::Kind::ReportAck(ack) => {
-                        shared.unacked().remove(&ack.run_id);
+                        if shared.unacked().remove(&ack.run_id).is_some() {
+                            let runtime = shared.runtime.clone();
+                            shared.runs.spawn(async move { runtime.release(&ack.run_id).await });
+                        }
                     }
                     scheduler_message::Kind::Cancel(cancel) => {
-                        if let Some(token) = shared.running().get(&cancel.run_id) {
+                        let running = shared.running().get(&cancel.run_id).map(|r| r.cancel.clone());
+                        let token = running.or_else(|| shared.offered().get(&cancel.run_id).cloned());
+                        if let Some(token) = token {
                             tracing::info!(run_id = %cancel.run_id, "cancelling run");
                             token.cancel();
                         }
@@ -239,60 +272,61 @@ async fn session(
             }
             Some(report) = report_rx.recv() => {
                 send(report_kind(report)).await?;
-                send(worker_message::Kind::Credit(worker_message::Credit { slots: credit(shared), cached_images: Vec::new() })).await?;
+                send(credit(shared)).await?;
+            }
+            () = shared.slots.freed() => {
+                send(credit(shared)).await?;
+            }
+            _ = live_tail.tick() => {
+                let running: Vec<(String, Running)> = shared.running().iter().map(|(id, r)| (id.clone(), r.clone())).collect();
+                tails_sent.retain(|id, _| running.iter().any(|(r, _)| r == id));
+                for (run_id, run) in running {
+                    let total_bytes = run.log.total_bytes();
+                    if tails_sent.get(&run_id).copied().unwrap_or(0) == total_bytes {
+                        continue;
+                    }
+                    tails_sent.insert(run_id.clone(), total_bytes);
+                    let (tail, _) = run.log.snapshot();
+                    send(worker_message::Kind::LogTail(worker_message::LogTail {
+                        run_id,
+                        shard: run.shard,
+                        tail,
+                        total_bytes,
+                    })).await?;
+                }
             }
             _ = heartbeat.tick() => {
                 let mut run_ids: Vec<String> = shared.running().keys().cloned().collect();
                 let pending: Vec<Report> = shared.unacked().values().cloned().collect();
-                run_ids.extend(pending.iter().map(|r| r.run_id.clone()));
+                let mut named: HashSet<String> = run_ids.iter().cloned().collect();
+                run_ids.extend(pending.iter().map(|r| r.run_id.clone()).filter(|id| named.insert(id.clone())));
                 send(worker_message::Kind::Heartbeat(worker_message::Heartbeat { run_ids })).await?;
                 for report in pending {
                     send(report_kind(report)).await?;
                 }
-                send(worker_message::Kind::Credit(worker_message::Credit { slots: credit(shared), cached_images: Vec::new() })).await?;
+                send(credit(shared)).await?;
             }
         }
     }
 }
 
-fn credit(shared: &Shared) -> u32 {
-    if shared.draining.is_cancelled() {
+/// Free slots (none while draining) and the images present here.
+fn credit(shared: &Shared) -> worker_message::Kind {
+    let slots = if shared.draining.is_cancelled() {
         0
     } else {
         shared.slots.free()
-    }
-}
-
-/// Starts a confirmed run; its report goes to every scheduler stream (the owner records it).
-fn start(shared: &Shared, spec: RunSpec, slot: SlotGuard, cancel: CancellationToken) {
-    let runtime = shared.runtime.clone();
-    let stop = StopSignals {
-        cancel,
-        abandon: shared.abandon.clone(),
     };
-    let shared = shared.clone();
-    shared.runs.clone().spawn(async move {
-        let (run_id, shard) = (spec.run_id.clone(), spec.shard);
-        tracing::info!(run_id = %run_id, job_id = %spec.job_id, "run started");
-        let finished = runtime.run(spec, stop).await;
-        tracing::info!(run_id = %run_id, outcome = ?finished.outcome, "run ended");
-        shared.running().remove(&run_id);
-        drop(slot);
-        let report = Report {
-            run_id: run_id.clone(),
-            shard,
-            finished,
-        };
-        shared.unacked().insert(run_id.clone(), report.clone());
-        let outboxes: Vec<mpsc::Sender<Report>> = shared.outboxes().values().cloned().collect();
-        let mut delivered = false;
-        for outbox in outboxes {
-            delivered |= outbox.send(report.clone()).await.is_ok();
-        }
-        if !delivered {
-            tracing::warn!(run_id = %run_id, "report dropped: no scheduler stream is left");
-        }
-    });
+    let cached_images = shared.runtime.cached_images();
+    let metrics = &shared.metrics;
+    metrics
+        .images_cached
+        .set(i64::try_from(cached_images.len()).unwrap_or(i64::MAX));
+    metrics.runs_running.set(i64::from(shared.slots.running()));
+    worker_message::Kind::Credit(worker_message::Credit {
+        slots,
+        cached_images,
+    })
 }
 
 fn report_kind(report: Report) -> worker_message::Kind {
@@ -305,7 +339,7 @@ fn report_kind(report: Report) -> worker_message::Kind {
         log_tail: report.finished.log_tail,
         log_truncated: report.finished.log_truncated,
         shard: report.shard,
-        total_bytes: None,
+        total_bytes: Some(report.finished.total_bytes),
     })
 }
 
@@ -321,7 +355,13 @@ fn assignment_spec(a: scheduler_message::Assignment) -> RunSpec {
     RunSpec {
         run_id: a.run_id,
         job_id: a.job_id,
+        tenant_id: a.tenant_id,
         image: a.image,
+        registry_auth: a.registry_auth.map(|auth| RegistryAuth {
+            server: auth.server,
+            username: auth.username,
+            password: auth.password,
+        }),
         command: a.command,
         env: a.env,
         memory_mb: u32::try_from(a.memory_mb).unwrap_or(0),

@@ -1,7 +1,11 @@
-//! A size-capped tail of a run's output: keeps the last bytes, drops the oldest, and says
-//! whether anything was dropped. It never grows past its cap, whatever the run prints.
+//! A size-capped tail of a run's output: keeps the last bytes, drops the oldest, says whether
+//! anything was dropped and counts every byte written. It never grows past its cap, whatever
+//! the run prints, and it is only ever read as data: nothing here interprets the output.
 
-use std::collections::VecDeque;
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 /// The most output kept per run.
 pub const LOG_TAIL_BYTES: usize = 64 * 1024;
@@ -11,6 +15,7 @@ pub struct LogTail {
     cap: usize,
     buf: VecDeque<u8>,
     truncated: bool,
+    total: u64,
 }
 
 impl Default for LogTail {
@@ -25,10 +30,12 @@ impl LogTail {
             cap,
             buf: VecDeque::with_capacity(cap.min(4096)),
             truncated: false,
+            total: 0,
         }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
+        self.total = self.total.saturating_add(bytes.len() as u64);
         let bytes = if bytes.len() > self.cap {
             self.truncated = true;
             &bytes[bytes.len() - self.cap..]
@@ -51,6 +58,49 @@ impl LogTail {
         bytes.extend_from_slice(b);
         (String::from_utf8_lossy(&bytes).into_owned(), self.truncated)
     }
+
+    /// Bytes written so far, kept or not.
+    pub fn total_bytes(&self) -> u64 {
+        self.total
+    }
+}
+
+/// The tail of one run's output, shared between the runtime that writes it and the streams
+/// that send it live. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct LiveLog {
+    inner: Arc<Mutex<LogTail>>,
+}
+
+impl LiveLog {
+    fn lock(&self) -> MutexGuard<'_, LogTail> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn push(&self, bytes: &[u8]) {
+        self.lock().push(bytes);
+    }
+
+    /// A line of the worker's own (`[kairos] …`), e.g. why it killed the run; it starts on a
+    /// line of its own.
+    pub fn note(&self, text: &str) {
+        let mut tail = self.lock();
+        let newline = if tail.buf.back().is_some_and(|&b| b != b'\n') {
+            "\n"
+        } else {
+            ""
+        };
+        tail.push(format!("{newline}[kairos] {text}\n").as_bytes());
+    }
+
+    /// The tail as text and whether older output was dropped.
+    pub fn snapshot(&self) -> (String, bool) {
+        self.lock().snapshot()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.lock().total_bytes()
+    }
 }
 
 #[cfg(test)]
@@ -63,6 +113,7 @@ mod tests {
         tail.push(b"hello ");
         tail.push(b"you");
         assert_eq!(tail.snapshot(), ("hello you".to_owned(), false));
+        assert_eq!(tail.total_bytes(), 9);
     }
 
     #[test]
@@ -73,5 +124,19 @@ mod tests {
         assert_eq!(tail.snapshot(), ("cdefg".to_owned(), true));
         tail.push(b"0123456789");
         assert_eq!(tail.snapshot(), ("56789".to_owned(), true));
+        assert_eq!(tail.total_bytes(), 17);
+    }
+
+    #[test]
+    fn a_live_log_is_shared_by_its_clones() {
+        let log = LiveLog::default();
+        let writer = log.clone();
+        writer.push(b"out\n");
+        writer.note("killed");
+        assert_eq!(log.snapshot().0, "out\n[kairos] killed\n");
+        assert_eq!(log.total_bytes(), 20);
+        writer.push(b"partial");
+        writer.note("again");
+        assert!(log.snapshot().0.ends_with("partial\n[kairos] again\n"));
     }
 }

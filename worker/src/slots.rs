@@ -1,6 +1,7 @@
 //! The worker's capacity: how many runs may execute at once, shared by every scheduler stream.
 //! A slot is reserved before an ack is sent and freed when the run's report is sent; it is
-//! never over-committed, whatever the schedulers send.
+//! never over-committed, whatever the schedulers send (only runs re-attached after a restart
+//! may count past the total).
 
 use std::sync::{
     Arc,
@@ -68,6 +69,15 @@ impl Slots {
             })
     }
 
+    /// Reserves a slot even past the total: for a run that is already running (re-attached
+    /// after a restart), which must be counted whatever the current slot setting.
+    pub fn reserve_even_if_full(&self) -> SlotGuard {
+        self.inner.used.fetch_add(1, Ordering::AcqRel);
+        SlotGuard {
+            slots: self.clone(),
+        }
+    }
+
     /// Resolves the next time a slot is freed.
     pub async fn freed(&self) {
         self.inner.freed.notified().await;
@@ -88,5 +98,15 @@ mod tests {
         drop(a);
         assert_eq!(slots.free(), 1);
         assert!(slots.try_reserve().is_some());
+    }
+
+    #[test]
+    fn a_forced_reservation_counts_past_the_total_and_leaves_no_free_slot() {
+        let slots = Slots::new(1);
+        let _a = slots.try_reserve().unwrap();
+        let b = slots.reserve_even_if_full();
+        assert_eq!((slots.free(), slots.running()), (0, 2));
+        drop(b);
+        assert_eq!((slots.free(), slots.running()), (0, 1));
     }
 }

@@ -32,14 +32,16 @@ use kairos_scheduler::{
 };
 use kairos_sdk::Credentials;
 use kairos_store::{NewApiKey, SecretKey, SqliteStore, Store};
-use kairos_worker::{WorkerConfig, config::Schedulers};
+use kairos_worker::{config::Schedulers, runtime::docker::DockerError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::client::CliError;
 
 use super::{
     scheduler::PlanningOpts,
     shutdown,
-    worker::{RuntimeArg, runtime_kind},
+    worker::{RunOpts, RuntimeArg},
 };
 
 /// The node and worker id of the one scheduler and worker.
@@ -64,13 +66,6 @@ pub struct StandaloneArgs {
     /// gRPC listen address of the API (what the CLI and the SDK call).
     #[arg(long, env = "KAIROS_GRPC_ADDR", default_value = ApiConfig::DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
-    /// How runs are started: `docker` (hardened containers, the default) or `process` (the
-    /// job's command directly on this machine: trusted commands only).
-    #[arg(long, env = "KAIROS_RUNTIME", value_enum, default_value = "docker")]
-    pub runtime: RuntimeArg,
-    /// Runs executed at once.
-    #[arg(long, env = "KAIROS_WORKER_SLOTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub slots: u32,
     /// Health and metrics address of the scheduler (/healthz, /readyz, /metrics); the API's
     /// are on the REST address.
     #[arg(long, env = "KAIROS_METRICS_ADDR")]
@@ -79,9 +74,6 @@ pub struct StandaloneArgs {
     #[arg(long, env = "KAIROS_RETENTION_DAYS", default_value_t = ApiConfig::DEFAULT_RETENTION_DAYS,
           value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub retention_days: u32,
-    /// Seconds running runs get to finish after SIGTERM before they are abandoned.
-    #[arg(long, env = "KAIROS_DRAIN_GRACE_SECONDS", default_value_t = 30)]
-    pub drain_grace_seconds: u64,
     /// Seconds in-flight API requests get to finish after SIGTERM.
     #[arg(long, env = "KAIROS_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
@@ -91,18 +83,37 @@ pub struct StandaloneArgs {
     pub secret_key: Option<String>,
     #[command(flatten)]
     pub planning: PlanningOpts,
+    /// How the worker runs jobs: `KAIROS_RUNTIME` (`docker`, the default, or `process`: the
+    /// job's command directly on this machine, trusted commands only) and the Docker settings.
+    #[command(flatten)]
+    pub runs: RunOpts,
 }
 
 /// Runs everything until a signal; `admin_token` (the global `--admin-token` /
 /// `KAIROS_ADMIN_TOKEN`) turns on the admin API for more tenants.
 pub async fn run(args: StandaloneArgs, admin_token: Option<String>) -> anyhow::Result<()> {
-    let runtime = runtime_kind(args.runtime)?;
     let data_dir = match args.data_dir.clone() {
         Some(dir) => dir,
         None => default_data_dir()?,
     };
     private_dir(&data_dir)?;
     let _lock = lock(&data_dir)?;
+    // The runtime first: without a Docker engine nothing else is worth starting. The worker's
+    // scheduler URL is known once its listener is bound, below.
+    let worker_token = hex::encode(rand::random::<[u8; 32]>());
+    let mut worker_config = args.runs.worker_config(
+        Schedulers::Fixed(Vec::new()),
+        worker_id(&data_dir),
+        worker_token.clone(),
+        None,
+    )?;
+    let runtime = match kairos_worker::agent::connect_runtime(&worker_config).await {
+        Ok(runtime) => runtime,
+        Err(e @ DockerError::Unreachable(_)) => {
+            return Err(CliError::new("failed_precondition", e.to_string()).into());
+        }
+        Err(e) => return Err(e).context("the Docker runtime cannot start"),
+    };
     let secret_key = match args.secret_key.as_deref().filter(|k| !k.is_empty()) {
         Some(key) => SecretKey::from_hex(key)?,
         None => kept_secret_key(&data_dir)?,
@@ -143,22 +154,13 @@ pub async fn run(args: StandaloneArgs, admin_token: Option<String>) -> anyhow::R
         }
     };
 
-    let worker_token = hex::encode(rand::random::<[u8; 32]>());
     let scheduler_config = args.planning.node_config(
         Ownership::Local(LocalConfig::new(NODE_ID)),
         workers.local_addr()?,
         args.metrics_addr,
         worker_token.clone(),
     );
-    let worker_config = WorkerConfig {
-        schedulers: Schedulers::Fixed(vec![scheduler_url]),
-        worker_id: NODE_ID.to_owned(),
-        slots: args.slots,
-        runtime,
-        token: worker_token,
-        heartbeat_every: Duration::from_secs(2),
-        drain_grace: Duration::from_secs(args.drain_grace_seconds),
-    };
+    worker_config.schedulers = Schedulers::Fixed(vec![scheduler_url]);
 
     let signal = shutdown::on_signal().context("cannot install signal handlers")?;
     let store = Arc::new(store);
@@ -181,9 +183,13 @@ pub async fn run(args: StandaloneArgs, admin_token: Option<String>) -> anyhow::R
     );
     tokio::pin!(scheduler);
     let (mut api_done, mut scheduler_done) = (false, false);
-    let worker = tokio::spawn(kairos_worker::run(worker_config, worker_stop.clone()));
+    let worker = tokio::spawn(kairos_worker::agent::run_with(
+        worker_config,
+        runtime,
+        worker_stop.clone(),
+    ));
 
-    let runtime_note = match args.runtime {
+    let runtime_note = match args.runs.runtime {
         RuntimeArg::Docker => "docker",
         RuntimeArg::Process => "process: job commands run directly on this machine",
     };
@@ -221,8 +227,10 @@ pub async fn run(args: StandaloneArgs, admin_token: Option<String>) -> anyhow::R
     tracing::info!("standalone stopping: API first, then the worker drains, then the scheduler");
     api_stop.cancel();
     worker_stop.cancel();
-    if let Err(e) = worker.await {
-        tracing::warn!(error = %e, "the worker task failed");
+    match worker.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the worker stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "the worker task failed"),
     }
     scheduler_stop.cancel();
     if !scheduler_done && let Err(e) = (&mut scheduler).await {
@@ -252,6 +260,20 @@ fn outcome<E: std::fmt::Display>(joined: Result<Result<(), E>, tokio::task::Join
         Ok(Err(e)) => e.to_string(),
         Err(e) => e.to_string(),
     }
+}
+
+/// The worker's id: `standalone-` and a hash of the data directory's path, so a restart on the
+/// same directory re-attaches the containers it labelled, and two standalones on one Docker
+/// engine (other directories) never take each other's. FNV-1a, hand-written: eight lines for a
+/// hash that must not change between builds (std's `DefaultHasher` may).
+fn worker_id(data_dir: &Path) -> String {
+    let path = fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in path.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{NODE_ID}-{:08x}", hash as u32)
 }
 
 /// `$XDG_DATA_HOME/kairos`, else `~/.local/share/kairos`.

@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 pub const BIN: &str = env!("CARGO_BIN_EXE_kairos");
 pub const ADMIN: &str = "cluster-admin";
 pub const WORKER_TOKEN: &str = "cluster-worker-token";
+/// The key sealing registry passwords, the same on the API and every scheduler.
+pub const SECRET_KEY: &str = "8f1e0a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
 
 pub struct Cluster {
     pub http: String,
@@ -36,6 +38,8 @@ pub struct Options {
     pub scheduler_env: Vec<Vec<(String, String)>>,
     /// The etcd endpoints scheduler `i` uses instead of the cluster's (such as a proxy).
     pub scheduler_etcd: Vec<Option<String>>,
+    /// Extra environment of the worker, overriding its defaults (such as `KAIROS_RUNTIME`).
+    pub worker_env: Vec<(String, String)>,
 }
 
 pub fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
@@ -67,6 +71,7 @@ pub async fn cluster_with(
         ("KAIROS_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
         ("KAIROS_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
         ("KAIROS_ADMIN_TOKEN", ADMIN.to_owned()),
+        ("KAIROS_SECRET_KEY", SECRET_KEY.to_owned()),
     ]);
     let api = KairosProcess::spawn(Path::new(BIN), &["api"], &api_env).unwrap();
     let http = format!("http://127.0.0.1:{http_port}");
@@ -96,6 +101,7 @@ pub async fn cluster_with(
             ("KAIROS_HORIZON_SECONDS", "5".to_owned()),
             ("KAIROS_RESCAN_SECONDS", "1".to_owned()),
             ("KAIROS_WORKER_LOST_SECONDS", "6".to_owned()),
+            ("KAIROS_SECRET_KEY", SECRET_KEY.to_owned()),
         ]);
         node_env.extend(options.scheduler_env.get(i).cloned().unwrap_or_default());
         let node = KairosProcess::spawn(Path::new(BIN), &["scheduler"], &node_env).unwrap();
@@ -108,7 +114,7 @@ pub async fn cluster_with(
         metrics_urls.push(format!("http://127.0.0.1:{metrics}/metrics"));
         nodes.push(node);
     }
-    let worker_env = env(&[
+    let mut worker_env = env(&[
         ("KAIROS_ETCD_ENDPOINTS", endpoints),
         ("KAIROS_ETCD_PREFIX", prefix),
         ("KAIROS_WORKER_ID", "worker-1".to_owned()),
@@ -116,6 +122,8 @@ pub async fn cluster_with(
         ("KAIROS_RUNTIME", "process".to_owned()),
         ("KAIROS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
     ]);
+    worker_env.retain(|(k, _)| !options.worker_env.iter().any(|(o, _)| o == k));
+    worker_env.extend(options.worker_env.iter().cloned());
     let worker = KairosProcess::spawn(Path::new(BIN), &["worker"], &worker_env).unwrap();
 
     let client = reqwest::Client::new();

@@ -5,11 +5,7 @@
 //! cost only: it records but does not use the image, and it cannot enforce the memory cap
 //! (that is the Docker runtime's job). It must never be the default runtime.
 
-use std::{
-    process::Stdio,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{process::Stdio, time::Duration};
 
 use async_trait::async_trait;
 use kairos_domain::FailureReason;
@@ -22,8 +18,8 @@ use tokio::{
     process::{Child, Command},
 };
 
-use super::{Finished, Outcome, RunSpec, Runtime, StopSignals};
-use crate::logs::LogTail;
+use super::{Finished, Handle, Outcome, Prepared, RunSpec, Runtime, StopSignals};
+use crate::logs::LiveLog;
 
 /// PATH given to processes, whose environment is otherwise only the job's.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -50,8 +46,18 @@ enum Stop {
 
 #[async_trait]
 impl Runtime for ProcessRuntime {
-    async fn run(&self, spec: RunSpec, stop: StopSignals) -> Finished {
-        let tail = Arc::new(Mutex::new(LogTail::default()));
+    /// Nothing to prepare: the command starts from scratch at `start`.
+    async fn prepare(&self, spec: RunSpec, _stop: &StopSignals) -> Result<Prepared, Finished> {
+        Ok(Prepared {
+            spec,
+            handle: Handle::Process,
+        })
+    }
+
+    async fn discard(&self, _prepared: Prepared) {}
+
+    async fn start(&self, prepared: Prepared, stop: StopSignals, tail: LiveLog) -> Finished {
+        let spec = prepared.spec;
         let Some((program, args)) = spec.command.split_first() else {
             return failed_to_start(
                 &tail,
@@ -97,7 +103,7 @@ impl Runtime for ProcessRuntime {
                     Ok(s) if s.success() => Outcome::Succeeded,
                     Ok(s) => Outcome::Failed { reason: FailureReason::ExitCode, exit_code: Some(exit_code(s)) },
                     Err(e) => {
-                        push(&tail, &format!("\n[kairos] lost track of the process: {e}\n"));
+                        tail.note(&format!("lost track of the process: {e}"));
                         Outcome::Failed { reason: FailureReason::WorkerLost, exit_code: None }
                     }
                 };
@@ -111,13 +117,10 @@ impl Runtime for ProcessRuntime {
         drain_readers(readers).await;
         let outcome = match stopped {
             Stop::Timeout => {
-                push(
-                    &tail,
-                    &format!(
-                        "\n[kairos] killed: exceeded the timeout of {} s\n",
-                        spec.timeout.as_secs()
-                    ),
-                );
+                tail.note(&format!(
+                    "killed: exceeded the timeout of {} s",
+                    spec.timeout.as_secs()
+                ));
                 Outcome::Failed {
                     reason: FailureReason::TimedOut,
                     exit_code: None,
@@ -146,15 +149,13 @@ async fn terminate(child: &mut Child, grace: Duration) {
     }
 }
 
-async fn capture<R: AsyncRead + Unpin>(mut reader: R, tail: Arc<Mutex<LogTail>>) {
+async fn capture<R: AsyncRead + Unpin>(mut reader: R, tail: LiveLog) {
     let mut buf = vec![0u8; 8192];
     while let Ok(n) = reader.read(&mut buf).await {
         if n == 0 {
             break;
         }
-        tail.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(&buf[..n]);
+        tail.push(&buf[..n]);
     }
 }
 
@@ -171,30 +172,13 @@ async fn drain_readers(readers: [Option<tokio::task::JoinHandle<()>>; 2]) {
     }
 }
 
-fn push(tail: &Arc<Mutex<LogTail>>, text: &str) {
-    tail.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(text.as_bytes());
+fn failed_to_start(tail: &LiveLog, message: &str) -> Finished {
+    tail.note(message);
+    finish(Outcome::failed(FailureReason::StartFailed), tail)
 }
 
-fn failed_to_start(tail: &Arc<Mutex<LogTail>>, message: &str) -> Finished {
-    push(tail, &format!("[kairos] {message}\n"));
-    finish(
-        Outcome::Failed {
-            reason: FailureReason::StartFailed,
-            exit_code: None,
-        },
-        tail,
-    )
-}
-
-fn finish(outcome: Outcome, tail: &Arc<Mutex<LogTail>>) -> Finished {
-    let (log_tail, log_truncated) = tail.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
-    Finished {
-        outcome,
-        log_tail,
-        log_truncated,
-    }
+fn finish(outcome: Outcome, tail: &LiveLog) -> Finished {
+    Finished::from_log(outcome, tail)
 }
 
 /// The exit code, or 128 + signal number for a process killed by a signal (as shells report).
@@ -214,7 +198,9 @@ mod tests {
         RunSpec {
             run_id: "run_test".into(),
             job_id: "job_test".into(),
+            tenant_id: "ten_test".into(),
             image: "ignored".into(),
+            registry_auth: None,
             command: command.iter().map(|s| s.to_string()).collect(),
             env: [("GREETING".to_string(), "hello".to_string())].into(),
             memory_mb: 128,
@@ -240,6 +226,7 @@ mod tests {
                     10_000,
                 ),
                 StopSignals::default(),
+                LiveLog::default(),
             )
             .await;
         assert_eq!(done.outcome, Outcome::Succeeded);
@@ -258,6 +245,7 @@ mod tests {
             .run(
                 spec(&["sh", "-c", "exit 3"], 10_000),
                 StopSignals::default(),
+                LiveLog::default(),
             )
             .await;
         assert_eq!(
@@ -275,6 +263,7 @@ mod tests {
             .run(
                 spec(&["sh", "-c", "trap '' TERM; sleep 30"], 200),
                 StopSignals::default(),
+                LiveLog::default(),
             )
             .await;
         assert_eq!(
@@ -295,7 +284,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
             cancel.cancel();
         });
-        let done = runtime().run(spec(&["sleep", "30"], 60_000), stop).await;
+        let done = runtime()
+            .run(spec(&["sleep", "30"], 60_000), stop, LiveLog::default())
+            .await;
         assert_eq!(done.outcome, Outcome::Cancelled);
     }
 
@@ -305,6 +296,7 @@ mod tests {
             .run(
                 spec(&["/nonexistent/program"], 1_000),
                 StopSignals::default(),
+                LiveLog::default(),
             )
             .await;
         assert_eq!(
@@ -315,7 +307,7 @@ mod tests {
             }
         );
         let none = runtime()
-            .run(spec(&[], 1_000), StopSignals::default())
+            .run(spec(&[], 1_000), StopSignals::default(), LiveLog::default())
             .await;
         assert_eq!(
             none.outcome,
