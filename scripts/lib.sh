@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # the KAIROS_* globals set here are read by the sourcing script
-# Shared helpers for scripts/test and scripts/run: start and stop a throwaway
+# Shared helpers for scripts/test and scripts/run-cluster: start and stop a throwaway
 # Postgres and etcd on free 127.0.0.1 ports. Source it; never run it. It never
 # touches a server it did not start, nor any system-wide service.
 #

@@ -40,13 +40,13 @@ pub async fn serve(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let service = Service::new(
-        store.clone(),
-        clock.clone(),
-        config.admin_token.clone(),
-        Metrics::new(),
-    );
+    let (http, grpc) = bind(&config).await?;
+    serve_on(http, grpc, config, store, shutdown).await
+}
+
+/// Binds the REST and gRPC listeners of `config` (so a caller can tell they are up before it
+/// hands them to [`serve_on`]).
+pub async fn bind(config: &ApiConfig) -> Result<(TcpListener, TcpListener), ServeError> {
     let http = TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -59,6 +59,24 @@ pub async fn serve(
             addr: config.grpc_addr,
             source,
         })?;
+    Ok((http, grpc))
+}
+
+/// [`serve`] on listeners already bound by [`bind`].
+pub async fn serve_on(
+    http: TcpListener,
+    grpc: TcpListener,
+    config: ApiConfig,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let service = Service::new(
+        store.clone(),
+        clock.clone(),
+        config.admin_token.clone(),
+        Metrics::new(),
+    );
     tracing::info!(http = %config.http_addr, grpc = %config.grpc_addr, admin_api = config.admin_token.is_some(), "api listening");
 
     let tasks = TaskTracker::new();

@@ -31,6 +31,9 @@ enum Command {
     Scheduler(roles::scheduler::SchedulerArgs),
     /// Run a worker agent: pull due runs from the schedulers and run them.
     Worker(roles::worker::WorkerArgs),
+    /// Run everything in one process on one SQLite file (API, scheduler, worker; no Postgres,
+    /// no etcd): prints the URLs and the default tenant's API key.
+    Standalone(roles::standalone::StandaloneArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
     /// Print a shell completion script: `source <(kairos completions bash)`, or save it where
@@ -96,6 +99,12 @@ async fn main() -> ExitCode {
         Command::Worker(args) => {
             roles::telemetry::init();
             roles::worker::run(args).await.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Standalone(args) => {
+            roles::telemetry::init_with(roles::telemetry::STANDALONE_FILTER);
+            roles::standalone::run(args, cli.client.admin_token.clone())
+                .await
+                .map(|()| ExitCode::SUCCESS)
         }
         Command::Client(cmd) => client::run_client(cmd, &cli.client).await,
         Command::Completions { shell } => {

@@ -1,5 +1,6 @@
-//! One scheduler node: registers in etcd and claims shards, serves `WorkerService` to workers,
-//! follows the store's change hints, runs the firing engine, and serves health and metrics.
+//! One scheduler node: registers in etcd and claims shards (or, alone in standalone mode, owns
+//! every shard through the local coordinator), serves `WorkerService` to workers, follows the
+//! store's change hints, runs the firing engine, and serves health and metrics.
 //!
 //! Shutdown order matters and is fixed here: stop firing, hand every shard back, stop
 //! dispatch, close the worker streams. Nothing is left running when `run` returns.
@@ -13,16 +14,39 @@ use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    coordinator::{Coordinator, CoordinatorConfig, CoordinatorError, EtcdCoordinator},
+    coordinator::{
+        Coordinator, CoordinatorConfig, CoordinatorError, EtcdCoordinator, LocalConfig,
+        LocalCoordinator, OwnershipEvent,
+    },
     dispatch::{DispatchConfig, Dispatcher},
     engine::{Engine, EngineConfig, Wakers},
     metrics::Metrics,
 };
 
-/// Everything `kairos scheduler` is configured with.
+/// How a node comes to own shards.
+#[derive(Debug, Clone)]
+pub enum Ownership {
+    /// Claims in etcd, shared with the other nodes (`kairos scheduler`).
+    Etcd(CoordinatorConfig),
+    /// Every shard, alone (`kairos standalone`).
+    Local(LocalConfig),
+}
+
+impl Ownership {
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        match self {
+            Ownership::Etcd(config) => &config.node_id,
+            Ownership::Local(config) => &config.node_id,
+        }
+    }
+}
+
+/// Everything `kairos scheduler` (and the scheduler inside `kairos standalone`) is configured
+/// with.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
-    pub coordinator: CoordinatorConfig,
+    pub ownership: Ownership,
     /// Worker-facing gRPC listen address (`KAIROS_GRPC_ADDR`).
     pub grpc_addr: SocketAddr,
     /// Health and metrics listen address (`KAIROS_METRICS_ADDR`).
@@ -45,26 +69,40 @@ pub enum SchedulerError {
     Grpc(#[from] tonic::transport::Error),
 }
 
-/// Runs a scheduler node until `shutdown`, then hands its shards off and stops.
+/// Runs a scheduler node until `shutdown`, then hands its shards off and stops. Listens for
+/// workers on `config.grpc_addr`.
 pub async fn run(
-    mut config: SchedulerConfig,
+    config: SchedulerConfig,
     store: Arc<dyn SchedulerStore>,
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {
-    // Arms the crash points named in `FAILPOINTS` (only in builds with the `failpoints` feature).
-    let _crash_points = fail::FailScenario::setup();
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
         .map_err(|source| SchedulerError::Bind {
             addr: config.grpc_addr,
             source,
         })?;
+    run_on(grpc, config, store, shutdown).await
+}
+
+/// [`run`] with the worker-facing listener already bound (standalone mode binds it first, to
+/// hand its address to the worker in the same process).
+pub async fn run_on(
+    grpc: TcpListener,
+    mut config: SchedulerConfig,
+    store: Arc<dyn SchedulerStore>,
+    shutdown: CancellationToken,
+) -> Result<(), SchedulerError> {
+    // Arms the crash points named in `FAILPOINTS` (only in builds with the `failpoints` feature).
+    let _crash_points = fail::FailScenario::setup();
     let grpc_addr = grpc.local_addr().map_err(|source| SchedulerError::Bind {
         addr: config.grpc_addr,
         source,
     })?;
-    // Workers find this node's stream endpoint in its registration.
-    config.coordinator.advertise = format!("http://{grpc_addr}");
+    if let Ownership::Etcd(coordinator) = &mut config.ownership {
+        // Workers find this node's stream endpoint in its registration.
+        coordinator.advertise = format!("http://{grpc_addr}");
+    }
     let metrics = Metrics::new();
     let tasks = TaskTracker::new();
     let stop_serving = CancellationToken::new();
@@ -94,14 +132,23 @@ pub async fn run(
             )
             .await
     });
-    let (coordinator, ownership) = EtcdCoordinator::start(config.coordinator.clone()).await?;
-    let coordinator: Arc<dyn Coordinator> = Arc::new(coordinator);
+    let (coordinator, ownership): (Arc<dyn Coordinator>, mpsc::Receiver<OwnershipEvent>) =
+        match &config.ownership {
+            Ownership::Etcd(etcd) => {
+                let (coordinator, events) = EtcdCoordinator::start(etcd.clone()).await?;
+                (Arc::new(coordinator), events)
+            }
+            Ownership::Local(local) => {
+                let (coordinator, events) = LocalCoordinator::start(local.clone(), &*store).await?;
+                (Arc::new(coordinator), events)
+            }
+        };
     tasks.spawn(
         dispatcher
             .clone()
             .run(coordinator.clone(), stop_serving.clone()),
     );
-    tracing::info!(node_id = %config.coordinator.node_id, grpc = %grpc_addr, "scheduler node started");
+    tracing::info!(node_id = %config.ownership.node_id(), grpc = %grpc_addr, "scheduler node started");
 
     let wakers = Wakers::default();
     let (changes_tx, mut changes) = mpsc::channel::<ShardChange>(4096);
@@ -138,7 +185,7 @@ pub async fn run(
 
     let engine = Engine::new(
         EngineConfig {
-            node_id: config.coordinator.node_id.clone(),
+            node_id: config.ownership.node_id().to_owned(),
             horizon: config.horizon,
             rescan_every: config.rescan_every,
         },

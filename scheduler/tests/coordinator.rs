@@ -1,4 +1,4 @@
-//! The etcd coordinator against a real etcd: balancing, handoffs, fence tokens, exclusivity and the I8 lease deadline; every test keeps its keys under its own testkit prefix and never touches another's.
+//! The etcd coordinator against a real etcd: balancing, handoffs, fence tokens, exclusivity and the I8 lease deadline (the trait-level checks every coordinator passes are `coordinator_conformance.rs`); every test keeps its keys under its own testkit prefix and never touches another's.
 //!
 //! Each node gets a small "core" task that plays the scheduler: it records every event in a
 //! shared ledger (which fails the test on any double ownership or non-increasing token) and

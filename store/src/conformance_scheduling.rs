@@ -8,6 +8,8 @@
 //! kairos_store::scheduler_store_conformance_suite!(pg());
 //! ```
 //!
+//! `store/tests/postgres.rs` and `store/tests/sqlite.rs` generate it for each implementation.
+//!
 //! The store must implement both [`Store`] (to set the scene as the API would) and
 //! [`SchedulerStore`]; the macro's expression is awaited once per test, like
 //! `store_conformance_suite!`'s.
@@ -246,6 +248,11 @@ pub async fn a_claim_refuses_an_older_or_equal_token<S: Store + SchedulerStore>(
     let shard = ShardId::new(7).expect("shard");
     let refused = StoreError::Fenced { shard, token: 1 };
     assert_eq!(refused.code(), ErrorCode::FailedPrecondition);
+    assert_eq!(
+        store.highest_fence_token().await.expect("highest token"),
+        0,
+        "no shard was ever claimed"
+    );
     let lease = store.claim_shard(shard, 5, "node-a").await.expect("claim");
     assert_eq!((lease.shard(), lease.token()), (shard, 5));
     for token in [5, 4, 0, -1] {
@@ -268,6 +275,11 @@ pub async fn a_claim_refuses_an_older_or_equal_token<S: Store + SchedulerStore>(
         .expect("a newer token wins");
     assert_eq!(newer.token(), 6);
     assert_fenced(store.claim_shard(shard, 6, "node-a").await, shard, 6);
+    assert_eq!(
+        store.highest_fence_token().await.expect("highest token"),
+        6,
+        "the highest claim of any shard; refused claims leave it"
+    );
     // The superseded lease no longer reads or writes the shard.
     assert_fenced(store.queued_runs(&lease, 10).await, shard, 5);
     store

@@ -56,23 +56,31 @@ async fn scene_with<S: Store + SchedulerStore>(
         .create_job(tenant, JobId::generate(), &job_spec)
         .await
         .expect("create job");
-    let id = ScheduleId::generate();
-    let new = NewSchedule {
-        id,
-        job_id: job.id,
-        next_fire_at: spec.timeline(id, 0).next_after(now()),
-        spec,
-        paused: false,
-        pause_note: None,
+    // Each scene owns its shard: a schedule whose shard another scene of the check claimed
+    // already is replaced by one elsewhere.
+    let (schedule, lease) = loop {
+        let id = ScheduleId::generate();
+        let new = NewSchedule {
+            id,
+            job_id: job.id,
+            next_fire_at: spec.timeline(id, 0).next_after(now()),
+            spec: spec.clone(),
+            paused: false,
+            pause_note: None,
+        };
+        let schedule = store
+            .create_schedule(tenant, &new)
+            .await
+            .expect("create schedule");
+        match store.claim_shard(schedule.shard, 1, "node-a").await {
+            Ok(lease) => break (schedule, lease),
+            Err(crate::StoreError::Fenced { .. }) => store
+                .delete_schedule(tenant, schedule.id)
+                .await
+                .expect("drop the schedule of a taken shard"),
+            Err(e) => panic!("claim the schedule's shard: {e}"),
+        }
     };
-    let schedule = store
-        .create_schedule(tenant, &new)
-        .await
-        .expect("create schedule");
-    let lease = store
-        .claim_shard(schedule.shard, 1, "node-a")
-        .await
-        .expect("claim the schedule's shard");
     Scene {
         tenant,
         job,
@@ -646,8 +654,9 @@ pub async fn cancels_successes_stale_versions_and_deleted_jobs_are_never_retried
 
     // An execute-now run is retried with its env; not once its job is deleted.
     let w = scene(store, "allow", 5).await;
+    // Above any scene's token: the job's shard may be one a scene claimed.
     let lease = store
-        .claim_shard(ShardId::of(w.job.id.as_uuid()), 1, "node-a")
+        .claim_shard(ShardId::of(w.job.id.as_uuid()), 1_000, "node-a")
         .await
         .expect("claim the job's shard");
     let (first, _) = store

@@ -1,6 +1,7 @@
 //! Typed storage errors, each mapped onto the shared error-code table.
 //!
-//! Database driver errors are classified here once; callers never inspect SQLSTATE codes.
+//! Database driver errors (Postgres and SQLite) are classified here once; callers never
+//! inspect SQLSTATE or SQLite result codes.
 
 use kairos_domain::{ErrorCode, FieldError, ShardId};
 
@@ -64,13 +65,13 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db)
                 if db
                     .code()
-                    .is_some_and(|c| c.starts_with("08") || c == "57P01") =>
+                    .is_some_and(|c| c.starts_with("08") || c == "57P01" || sqlite_busy(&c)) =>
             {
                 StoreError::Unavailable(e)
             }
-            sqlx::Error::Database(db) if db.is_unique_violation() => {
-                StoreError::Conflict(duplicate_message(db.table()))
-            }
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(
+                duplicate_message(db.table().or_else(|| sqlite_table(db.message()))),
+            ),
             // A run or event whose fire time has no partition: older than the kept history or
             // further ahead than maintenance has prepared.
             sqlx::Error::Database(db)
@@ -87,6 +88,19 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// SQLite's (extended) result codes of a lock held elsewhere: `SQLITE_BUSY` and `SQLITE_LOCKED`
+/// with their variants. The call may be retried. (Postgres codes are five characters.)
+fn sqlite_busy(code: &str) -> bool {
+    matches!(code, "5" | "261" | "517" | "773" | "6" | "262")
+}
+
+/// The table SQLite names in a constraint message (`UNIQUE constraint failed: runs.schedule_id,
+/// …`); SQLite reports no table otherwise.
+fn sqlite_table(message: &str) -> Option<&str> {
+    let columns = message.strip_prefix("UNIQUE constraint failed: ")?;
+    columns.split_once('.').map(|(table, _)| table)
+}
+
 /// Words for a unique violation on `table` (a partition reports its own name, `runs_p202601`).
 fn duplicate_message(table: Option<&str>) -> String {
     let table = table.unwrap_or("row");
@@ -100,5 +114,36 @@ fn duplicate_message(table: Option<&str>) -> String {
         "runs" => "a run of this schedule for this fire time and attempt already exists".to_owned(),
         "api_keys" => "an api key with this hash already exists".to_owned(),
         other => format!("a {other} row with the same id already exists"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_constraint_messages_name_their_table() {
+        assert_eq!(
+            sqlite_table(
+                "UNIQUE constraint failed: runs.schedule_id, runs.fire_time, runs.attempt"
+            ),
+            Some("runs")
+        );
+        assert_eq!(sqlite_table("NOT NULL constraint failed: jobs.name"), None);
+        assert_eq!(
+            duplicate_message(sqlite_table("UNIQUE constraint failed: api_keys.key_hash")),
+            "an api key with this hash already exists"
+        );
+        assert_eq!(
+            duplicate_message(Some("runs_p202601")),
+            "a run of this schedule for this fire time and attempt already exists"
+        );
+    }
+
+    #[test]
+    fn a_busy_sqlite_is_unavailable_not_a_bug() {
+        assert!(sqlite_busy("5") && sqlite_busy("517") && sqlite_busy("6"));
+        assert!(!sqlite_busy("2067"), "a unique violation is not a lock");
+        assert!(!sqlite_busy("08006"));
     }
 }

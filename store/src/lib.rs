@@ -1,4 +1,6 @@
-//! Storage of tenants, jobs, schedules, runs and their events behind the `Store` trait.
+//! Storage of tenants, jobs, schedules, runs and their events behind the `Store` trait (the API)
+//! and the `SchedulerStore` trait (the scheduler), each implemented for Postgres (`PgStore`, the
+//! cluster) and SQLite (`SqliteStore`, standalone mode), both held to one conformance suite.
 //!
 //! This is the one crate that speaks SQL. It depends on `kairos-domain` only, takes and returns
 //! checked domain types, scopes every tenant-owned read and write by `TenantId` (another
@@ -8,8 +10,10 @@
 pub mod error;
 pub mod model;
 pub mod postgres;
+mod rows;
 pub mod scheduling;
 pub mod seal;
+pub mod sqlite;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -27,6 +31,7 @@ pub use model::*;
 pub use postgres::PgStore;
 pub use scheduling::*;
 pub use seal::{BadSecretKey, SecretKey};
+pub use sqlite::SqliteStore;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -40,8 +45,8 @@ pub const RUNS_QUEUED_CHANNEL: &str = "kairos_runs_queued";
 /// run id and its fire time in microseconds. The shard's owner tells the run's worker to stop.
 pub const RUNS_CANCEL_CHANNEL: &str = "kairos_runs_cancel";
 
-/// Everything the API needs from storage. Implementations: [`PgStore`] (SQLite comes with
-/// standalone mode). The conformance suite in [`conformance`] runs against each of them.
+/// Everything the API needs from storage. Implementations: [`PgStore`] and [`SqliteStore`]
+/// (standalone mode). The conformance suite in [`conformance`] runs against each of them.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Cheap round trip for readiness probes.
@@ -182,8 +187,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // --- maintenance ----------------------------------------------------------------------
 
-    /// Creates the monthly partitions of `runs` and `run_events` from `retention_days` ago to
-    /// 13 months after `now`, and drops those wholly older than the retention.
+    /// Keeps run history from the first day (UTC) of the month holding `now - retention_days`:
+    /// the runs fired before it go, with their events and idempotency keys, and runs fired
+    /// from then on stay (and can be written). Postgres does this with monthly partitions of
+    /// `runs` and `run_events`: it creates them from that month to 13 months after `now` and
+    /// drops those wholly older, naming both in the report; SQLite deletes the rows and reports
+    /// nothing.
     async fn maintain_partitions(
         &self,
         now: DateTime<Utc>,

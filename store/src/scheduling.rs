@@ -394,13 +394,18 @@ pub struct FinishedRun {
 }
 
 /// Storage for the scheduler (planning, firing, recovery) and the dispatch of runs to workers.
-/// Implementations: [`crate::PgStore`]. The suite in `conformance_scheduling` runs against each.
+/// Implementations: [`crate::PgStore`] and [`crate::SqliteStore`]. The suite in
+/// `conformance_scheduling` runs against each.
 #[async_trait]
 pub trait SchedulerStore: Send + Sync + std::fmt::Debug + 'static {
     /// Records `owner` as the holder of `shard` at `token` if `token` is greater than the
     /// shard's current token, else fails with `Fenced` (an older or equal claim). Waits for
     /// the writes of the previous holder that are in flight; once it returns, they all fail.
     async fn claim_shard(&self, shard: ShardId, token: i64, owner: &str) -> Result<ShardLease>;
+
+    /// The highest token any shard has been claimed at, 0 if none ever was. A coordinator
+    /// that mints its own tokens (the local one) starts above it, so its claims are newer.
+    async fn highest_fence_token(&self) -> Result<i64>;
 
     /// Unpaused schedules of the shard whose `next_fire_at <= until`, earliest first, at most
     /// `limit`.

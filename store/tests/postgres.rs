@@ -131,6 +131,62 @@ async fn two_concurrent_migrations_both_succeed() {
     a.ping().await.expect("ping");
 }
 
+/// What Postgres' retention does beyond the trait's contract (checked by the conformance
+/// suite): monthly partitions from the retention's month to 13 months ahead, dropped whole.
+#[tokio::test]
+async fn partition_maintenance_creates_monthly_partitions_ahead_and_drops_those_past_retention() {
+    let (store, _db) = pg().await;
+    let at = |s: &str| {
+        DateTime::parse_from_rfc3339(s)
+            .expect("test time")
+            .with_timezone(&Utc)
+    };
+    let first = store
+        .maintain_partitions(at("2040-06-15T12:00:00Z"), 31)
+        .await
+        .expect("first pass");
+    for name in [
+        "runs_p204005",
+        "run_events_p204005",
+        "runs_p204107",
+        "run_events_p204107",
+    ] {
+        assert!(
+            first.created.iter().any(|c| c == name),
+            "{name} created: {first:?}"
+        );
+    }
+    for name in ["runs_p204004", "runs_p204108", "run_events_p204108"] {
+        assert!(
+            !first.created.iter().any(|c| c == name),
+            "{name} not created: {first:?}"
+        );
+    }
+    assert_eq!(
+        first.created.len(),
+        2 * 15,
+        "May 2040 through July 2041, for both tables"
+    );
+    let second = store
+        .maintain_partitions(at("2040-06-15T12:00:00Z"), 31)
+        .await
+        .expect("second pass");
+    assert!(
+        second.created.is_empty() && second.dropped.is_empty(),
+        "idempotent: {second:?}"
+    );
+    let later = store
+        .maintain_partitions(at("2040-07-20T00:00:00Z"), 31)
+        .await
+        .expect("a month later");
+    let mut dropped = later.dropped.clone();
+    dropped.sort();
+    assert_eq!(dropped, ["run_events_p204005", "runs_p204005"]);
+    let mut created = later.created.clone();
+    created.sort();
+    assert_eq!(created, ["run_events_p204108", "runs_p204108"]);
+}
+
 #[tokio::test]
 async fn every_shard_has_a_fence_row() {
     let (store, _db) = pg().await;

@@ -14,12 +14,25 @@ pub enum RuntimeKind {
     Process,
 }
 
+/// Where the worker finds scheduler nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedulers {
+    /// The nodes registered in etcd (`kairos worker`), followed as they come and go.
+    Etcd {
+        /// etcd endpoints where scheduler nodes register (`KAIROS_ETCD_ENDPOINTS`).
+        endpoints: Vec<String>,
+        /// Key prefix of the registry (default `/kairos/v1/`).
+        prefix: String,
+    },
+    /// These worker-facing URLs (`http://host:port`), always: the one scheduler of
+    /// `kairos standalone`, in the same process.
+    Fixed(Vec<String>),
+}
+
 #[derive(Clone)]
 pub struct WorkerConfig {
-    /// etcd endpoints where scheduler nodes register (`KAIROS_ETCD_ENDPOINTS`).
-    pub etcd_endpoints: Vec<String>,
-    /// Key prefix of the registry (default `/kairos/v1/`).
-    pub etcd_prefix: String,
+    /// Where scheduler nodes are found.
+    pub schedulers: Schedulers,
     /// This worker's id (`KAIROS_WORKER_ID`).
     pub worker_id: String,
     /// How many runs may execute at once (`KAIROS_WORKER_SLOTS`).
@@ -41,8 +54,7 @@ pub struct WorkerConfig {
 impl fmt::Debug for WorkerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkerConfig")
-            .field("etcd_endpoints", &self.etcd_endpoints)
-            .field("etcd_prefix", &self.etcd_prefix)
+            .field("schedulers", &self.schedulers)
             .field("worker_id", &self.worker_id)
             .field("slots", &self.slots)
             .field("runtime", &self.runtime)

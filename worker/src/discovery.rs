@@ -1,5 +1,6 @@
 //! Finds scheduler nodes: reads and then watches `{prefix}nodes/` in etcd, where each node
-//! registers its worker-facing gRPC URL under its lease, and keeps one stream per live node.
+//! registers its worker-facing gRPC URL under its lease, and keeps one stream per live node;
+//! or, given fixed URLs (standalone mode), keeps one stream to each of them.
 //!
 //! It watches rather than polls, reconnects to etcd with backoff, and never opens two streams
 //! to one node.
@@ -9,6 +10,7 @@ use std::{collections::HashMap, time::Duration};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::config::Schedulers;
 use crate::connection::{self, Shared};
 
 /// The registry key prefix of scheduler nodes under the cluster prefix.
@@ -23,10 +25,25 @@ struct Node {
 
 /// Keeps streams to every registered scheduler until `stop`; connection tasks go on `tasks`.
 pub async fn run(shared: Shared, tasks: TaskTracker, stop: CancellationToken) {
+    let (endpoints, prefix) = match &shared.config.schedulers {
+        Schedulers::Etcd { endpoints, prefix } => (endpoints.clone(), prefix.clone()),
+        Schedulers::Fixed(urls) => {
+            for url in urls {
+                tracing::info!(scheduler = %url, "scheduler configured");
+                // Each stream reconnects on its own until `stop`.
+                tasks.spawn(connection::maintain(
+                    url.clone(),
+                    shared.clone(),
+                    stop.clone(),
+                ));
+            }
+            return;
+        }
+    };
     let mut nodes: HashMap<String, Node> = HashMap::new();
     let mut backoff = Duration::from_millis(200);
     loop {
-        match follow(&shared, &tasks, &stop, &mut nodes).await {
+        match follow(&shared, &endpoints, &prefix, &tasks, &stop, &mut nodes).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "scheduler discovery lost etcd")
@@ -45,12 +62,14 @@ pub async fn run(shared: Shared, tasks: TaskTracker, stop: CancellationToken) {
 
 async fn follow(
     shared: &Shared,
+    endpoints: &[String],
+    prefix: &str,
     tasks: &TaskTracker,
     stop: &CancellationToken,
     nodes: &mut HashMap<String, Node>,
 ) -> Result<(), etcd_client::Error> {
-    let prefix = nodes_prefix(&shared.config.etcd_prefix);
-    let mut client = Client::connect(&shared.config.etcd_endpoints, None).await?;
+    let prefix = nodes_prefix(prefix);
+    let mut client = Client::connect(endpoints, None).await?;
     let snapshot = client
         .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
         .await?;

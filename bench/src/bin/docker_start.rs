@@ -301,8 +301,10 @@ async fn start_worker(
         &worker_id,
     )?;
     let config = WorkerConfig {
-        etcd_endpoints: etcd.endpoints(),
-        etcd_prefix: etcd.key_prefix().to_owned(),
+        schedulers: kairos_worker::config::Schedulers::Etcd {
+            endpoints: etcd.endpoints(),
+            prefix: etcd.key_prefix().to_owned(),
+        },
         worker_id,
         slots,
         runtime: RuntimeKind::Docker,

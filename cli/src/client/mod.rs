@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 
-pub use error::report;
+pub use error::{CliError, report};
 pub use output::OutputFormat;
 
 /// Where the API is and who is calling; accepted anywhere on the command line.

@@ -1,13 +1,15 @@
-//! The server roles of the `kairos` binary (`migrate`, `api`): each parses its settings from
-//! flags and `KAIROS_*` variables, wires the crates together, and runs until a signal.
+//! The server roles of the `kairos` binary (`migrate`, `api`, `scheduler`, `worker`,
+//! `standalone`): each parses its settings from flags and `KAIROS_*` variables, wires the
+//! crates together, and runs until a signal.
 //!
-//! This is the only place where the store, the API and (later) the scheduler and worker are put
+//! This is the only place where the store, the API, the scheduler and the worker are put
 //! together; no business logic lives here.
 
 pub mod api;
 pub mod migrate;
 pub mod scheduler;
 pub mod shutdown;
+pub mod standalone;
 pub mod telemetry;
 pub mod worker;
 

@@ -11,7 +11,7 @@ use clap::Args;
 use kairos_scheduler::{
     coordinator::CoordinatorConfig,
     dispatch::DispatchConfig,
-    node::{self, SchedulerConfig},
+    node::{self, Ownership, SchedulerConfig},
 };
 
 use super::{DatabaseOpts, shutdown, worker::default_node_id};
@@ -46,10 +46,18 @@ pub struct SchedulerArgs {
     /// Shared secret between workers and schedulers.
     #[arg(long, env = "KAIROS_WORKER_TOKEN", hide_env_values = true)]
     pub worker_token: String,
+    #[command(flatten)]
+    pub planning: PlanningOpts,
+}
+
+/// Tuning of planning, firing and dispatch, shared by `kairos scheduler` and the scheduler
+/// inside `kairos standalone`.
+#[derive(Debug, Clone, Args)]
+pub struct PlanningOpts {
     /// Fires due within this many seconds are kept in memory.
     #[arg(long, env = "KAIROS_HORIZON_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub horizon_seconds: u64,
-    /// Each owned shard is re-planned at least this often (seconds), NOTIFY hints aside.
+    /// Each owned shard is re-planned at least this often (seconds), change hints aside.
     #[arg(long, env = "KAIROS_RESCAN_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub rescan_seconds: u64,
     /// A running run whose worker is silent this long fails with worker_lost (seconds).
@@ -60,6 +68,32 @@ pub struct SchedulerArgs {
     /// 0 offers runs only once they are due.
     #[arg(long, env = "KAIROS_LOOKAHEAD_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub lookahead_ms: u64,
+}
+
+impl PlanningOpts {
+    /// A node's config with these settings: its ownership, worker-facing address, metrics
+    /// address and the workers' shared secret.
+    pub fn node_config(
+        &self,
+        ownership: Ownership,
+        grpc_addr: SocketAddr,
+        metrics_addr: Option<SocketAddr>,
+        worker_token: String,
+    ) -> SchedulerConfig {
+        SchedulerConfig {
+            ownership,
+            grpc_addr,
+            metrics_addr,
+            horizon: Duration::from_secs(self.horizon_seconds),
+            rescan_every: Duration::from_secs(self.rescan_seconds),
+            dispatch: DispatchConfig {
+                worker_token,
+                lost_after: Duration::from_secs(self.worker_lost_seconds),
+                ack_timeout: Duration::from_secs(10),
+                lookahead: Duration::from_millis(self.lookahead_ms),
+            },
+        }
+    }
 }
 
 pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
@@ -73,19 +107,12 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     );
     coordinator.prefix = args.etcd_prefix;
     coordinator.lease_ttl = Duration::from_secs(args.lease_ttl_seconds);
-    let config = SchedulerConfig {
-        coordinator,
-        grpc_addr: args.grpc_addr,
-        metrics_addr: args.metrics_addr,
-        horizon: Duration::from_secs(args.horizon_seconds),
-        rescan_every: Duration::from_secs(args.rescan_seconds),
-        dispatch: DispatchConfig {
-            worker_token: args.worker_token,
-            lost_after: Duration::from_secs(args.worker_lost_seconds),
-            ack_timeout: Duration::from_secs(10),
-            lookahead: Duration::from_millis(args.lookahead_ms),
-        },
-    };
+    let config = args.planning.node_config(
+        Ownership::Etcd(coordinator),
+        args.grpc_addr,
+        args.metrics_addr,
+        args.worker_token,
+    );
     let shutdown = shutdown::on_signal().context("cannot install signal handlers")?;
     node::run(config, Arc::new(store), shutdown).await?;
     tracing::info!("scheduler stopped");

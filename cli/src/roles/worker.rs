@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use kairos_worker::{
     WorkerConfig,
-    config::RuntimeKind,
+    config::{RuntimeKind, Schedulers},
     runtime::{DockerSettings, NetworkChoice},
 };
 
@@ -42,15 +42,26 @@ pub struct WorkerArgs {
     /// per Docker engine: a restarted worker re-attaches the containers labelled with it.
     #[arg(long, env = "KAIROS_WORKER_ID")]
     pub worker_id: Option<String>,
+    /// Shared secret between workers and schedulers.
+    #[arg(long, env = "KAIROS_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: String,
+    #[command(flatten)]
+    pub runs: RunOpts,
+    /// Health and metrics address (/healthz, /readyz, /metrics).
+    #[arg(long, env = "KAIROS_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// How a worker runs what it is assigned, shared by `kairos worker` and the worker inside
+/// `kairos standalone`.
+#[derive(Debug, Clone, Args)]
+pub struct RunOpts {
     /// Runs executed at once.
     #[arg(long, env = "KAIROS_WORKER_SLOTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub slots: u32,
     /// How runs are started.
     #[arg(long, env = "KAIROS_RUNTIME", value_enum, default_value = "docker")]
     pub runtime: RuntimeArg,
-    /// Shared secret between workers and schedulers.
-    #[arg(long, env = "KAIROS_WORKER_TOKEN", hide_env_values = true)]
-    pub worker_token: String,
     /// Seconds running runs get to finish after SIGTERM before they are killed (reported
     /// failed/worker_lost).
     #[arg(long, env = "KAIROS_DRAIN_GRACE_SECONDS", default_value_t = 30)]
@@ -75,9 +86,48 @@ pub struct WorkerArgs {
     /// Seconds between SIGTERM and SIGKILL when a run times out or is cancelled.
     #[arg(long, env = "KAIROS_STOP_GRACE_SECONDS", default_value_t = 10)]
     pub stop_grace_seconds: u64,
-    /// Health and metrics address (/healthz, /readyz, /metrics).
-    #[arg(long, env = "KAIROS_METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl RunOpts {
+    /// A worker's config with these settings, for `worker_id` reaching `schedulers` with
+    /// `token`.
+    pub fn worker_config(
+        &self,
+        schedulers: Schedulers,
+        worker_id: String,
+        token: String,
+        metrics_addr: Option<SocketAddr>,
+    ) -> anyhow::Result<WorkerConfig> {
+        if token.is_empty() {
+            bail!("KAIROS_WORKER_TOKEN must not be empty");
+        }
+        if !(self.run_cpus > 0.0 && self.run_cpus <= 64.0) {
+            bail!("KAIROS_RUN_CPUS: {} is outside (0, 64]", self.run_cpus);
+        }
+        let docker = DockerSettings {
+            network: network(&self.docker_network)?,
+            image_cache_bytes: self.image_cache_bytes,
+            cpus: self.run_cpus,
+            pids_limit: self.run_pids_limit,
+            tmpfs_mb: self.run_tmpfs_mb,
+            stop_grace: Duration::from_secs(self.stop_grace_seconds),
+            ..DockerSettings::default()
+        };
+        Ok(WorkerConfig {
+            schedulers,
+            worker_id,
+            slots: self.slots,
+            runtime: match self.runtime {
+                RuntimeArg::Process => RuntimeKind::Process,
+                RuntimeArg::Docker => RuntimeKind::Docker,
+            },
+            token,
+            heartbeat_every: Duration::from_secs(2),
+            drain_grace: Duration::from_secs(self.drain_grace_seconds),
+            docker,
+            metrics_addr,
+        })
+    }
 }
 
 /// A default worker id: the host name, which stays the same when the worker restarts on the
@@ -115,37 +165,15 @@ fn network(raw: &str) -> anyhow::Result<NetworkChoice> {
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let runtime = match args.runtime {
-        RuntimeArg::Process => RuntimeKind::Process,
-        RuntimeArg::Docker => RuntimeKind::Docker,
-    };
-    if args.worker_token.is_empty() {
-        bail!("KAIROS_WORKER_TOKEN must not be empty");
-    }
-    if !(args.run_cpus > 0.0 && args.run_cpus <= 64.0) {
-        bail!("KAIROS_RUN_CPUS: {} is outside (0, 64]", args.run_cpus);
-    }
-    let docker = DockerSettings {
-        network: network(&args.docker_network)?,
-        image_cache_bytes: args.image_cache_bytes,
-        cpus: args.run_cpus,
-        pids_limit: args.run_pids_limit,
-        tmpfs_mb: args.run_tmpfs_mb,
-        stop_grace: Duration::from_secs(args.stop_grace_seconds),
-        ..DockerSettings::default()
-    };
-    let config = WorkerConfig {
-        etcd_endpoints: args.etcd_endpoints,
-        etcd_prefix: args.etcd_prefix,
-        worker_id: args.worker_id.unwrap_or_else(default_worker_id),
-        slots: args.slots,
-        runtime,
-        token: args.worker_token,
-        heartbeat_every: Duration::from_secs(2),
-        drain_grace: Duration::from_secs(args.drain_grace_seconds),
-        docker,
-        metrics_addr: args.metrics_addr,
-    };
+    let config = args.runs.worker_config(
+        Schedulers::Etcd {
+            endpoints: args.etcd_endpoints,
+            prefix: args.etcd_prefix,
+        },
+        args.worker_id.unwrap_or_else(default_worker_id),
+        args.worker_token,
+        args.metrics_addr,
+    )?;
     let shutdown = shutdown::on_signal().context("cannot install signal handlers")?;
     kairos_worker::run(config, shutdown)
         .await

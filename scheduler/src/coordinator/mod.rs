@@ -26,13 +26,17 @@
 //! - [`EtcdCoordinator`]: membership and claims in etcd under a lease (`etcd.rs`, with `lease.rs`
 //!   for the lease and its local deadline, `claims.rs` for the transactions, `watch.rs` for the
 //!   cluster view). Balancing decisions come from [`crate::balance`].
-//! - A single-node local coordinator for standalone mode is not written yet. It would own every
-//!   shard from the start at one token, which must exceed its previous run's (the store refuses
-//!   a claim that is not newer than the last one).
+//! - [`LocalCoordinator`]: the single node of standalone mode (`local.rs`). It owns every shard
+//!   from the start at one token above every token the store has seen, and its lease is valid
+//!   for as long as it runs.
+//!
+//! The trait-level behaviour of both is one conformance suite,
+//! `scheduler/tests/coordinator_conformance.rs`.
 
 mod claims;
 mod etcd;
 mod lease;
+mod local;
 mod watch;
 
 use std::time::Duration;
@@ -42,6 +46,7 @@ use kairos_domain::{SHARD_COUNT, ShardId};
 use tokio::sync::watch as tokio_watch;
 
 pub use etcd::EtcdCoordinator;
+pub use local::{DEFAULT_REACQUIRE_AFTER, LocalConfig, LocalCoordinator, first_token};
 
 /// Key prefix under which nodes and shards live unless configured otherwise.
 pub const DEFAULT_PREFIX: &str = "/kairos/v1/";
@@ -230,7 +235,8 @@ pub enum CoordinatorError {
     Stopped,
 }
 
-/// Shard ownership for one scheduler node. Implementations: [`EtcdCoordinator`]. Each is
+/// Shard ownership for one scheduler node. Implementations: [`EtcdCoordinator`] and
+/// [`LocalCoordinator`]. Each is
 /// started by its own constructor, which also returns the receiver of [`OwnershipEvent`]s.
 #[async_trait]
 pub trait Coordinator: Send + Sync + std::fmt::Debug {

@@ -3,10 +3,8 @@
 //! moves with one event per move (I3); it must never move a run its lease's shard does not own,
 //! nor move a run along a transition the domain's state machine refuses.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
-use kairos_domain::{Env, FailureReason, RunId, RunState, RunTimeout, SkipReason, TenantId};
+use kairos_domain::{FailureReason, RunId, RunState, SkipReason, TenantId};
 use uuid::Uuid;
 
 use super::PgStore;
@@ -15,49 +13,13 @@ use super::fencing::{self, FencedTx};
 use super::firing;
 use super::overlap;
 use super::retries;
-use super::rows::{JobRow, RunRow, job_columns, run_columns, shard_value};
+use super::rows::{
+    JobRow, PendingRow, RunRow, assignment, job_columns, parse_state, run_columns, shard_value,
+};
 use crate::{
     Assignment, DueRun, EndedRuns, FinishedRun, Job, LeasedRun, PendingRun, Result, Run, RunAck,
     RunOutcome, RunReport, ShardLease, StoreError,
 };
-
-/// A run plus its job's timeout, as recovery and dispatch read it.
-#[derive(Debug, sqlx::FromRow)]
-struct PendingRow {
-    #[sqlx(flatten)]
-    run: RunRow,
-    timeout_seconds: Option<i32>,
-}
-
-impl TryFrom<PendingRow> for PendingRun {
-    type Error = StoreError;
-
-    fn try_from(row: PendingRow) -> Result<Self> {
-        let run = Run::try_from(row.run)?;
-        let timeout = row
-            .timeout_seconds
-            .ok_or_else(|| StoreError::Corrupt(format!("run {}: its job is missing", run.id)))?;
-        let timeout = RunTimeout::from_seconds(i64::from(timeout)).map_err(|e| {
-            StoreError::Corrupt(format!("job {} of run {}: {e}", run.job_id, run.id))
-        })?;
-        Ok(PendingRun {
-            id: run.id,
-            tenant_id: run.tenant_id,
-            job_id: run.job_id,
-            schedule_id: run.schedule_id,
-            schedule_version: run.schedule_version,
-            trigger: run.trigger,
-            attempt: run.attempt,
-            fire_time: run.fire_time,
-            due_at: run.due_at,
-            state: run.state,
-            worker_id: run.worker_id,
-            cancel_requested: run.cancel_requested,
-            started_at: run.started_at,
-            timeout,
-        })
-    }
-}
 
 /// Runs of one shard in the given states with their job's timeout (`$1` shard, `$2` states,
 /// `$3` limit, `$4` whether to leave out fires the overlap policy holds), oldest fire first.
@@ -185,7 +147,7 @@ async fn move_runs(
             },
         ));
         if to == RunState::Failed {
-            failed.push(retries::FailedRow {
+            failed.push(super::rows::FailedRun {
                 id: m.id,
                 job_id: m.job_id,
                 schedule_id: m.schedule_id,
@@ -353,40 +315,6 @@ pub(super) async fn ack_run(
     Ok(Some(assignment(run, Job::try_from(job)?, worker_id)?))
 }
 
-/// The job's env overridden by the run's own (execute-now overrides).
-pub(super) fn merged_env(run: &Run, job: &Job) -> Result<Env> {
-    let mut env: BTreeMap<String, String> = job.spec.env.vars().clone();
-    env.extend(run.env.vars().iter().map(|(k, v)| (k.clone(), v.clone())));
-    Env::parse(env).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "run {}: the job's env with the run's overrides is out of bounds: {e}",
-            run.id
-        ))
-    })
-}
-
-fn assignment(run: Run, job: Job, worker_id: &str) -> Result<Assignment> {
-    let env = merged_env(&run, &job)?;
-    let started_at = run
-        .started_at
-        .ok_or_else(|| StoreError::Corrupt(format!("run {}: running without a start", run.id)))?;
-    Ok(Assignment {
-        run_id: run.id,
-        tenant_id: run.tenant_id,
-        job_id: run.job_id,
-        schedule_id: run.schedule_id,
-        image: job.spec.image,
-        command: job.spec.command,
-        env,
-        memory: job.spec.memory,
-        timeout: job.spec.timeout,
-        fire_time: run.fire_time,
-        attempt: run.attempt,
-        worker_id: worker_id.to_owned(),
-        started_at,
-    })
-}
-
 /// `running` → the outcome's state, storing the exit code and the capped log tail. A run
 /// already terminal is left as it is (I3). The single-run form of `firing::finish_runs`.
 #[tracing::instrument(skip_all, fields(shard = lease.shard().get(), token = lease.token(), run_id = %run_id, state = %outcome.state.run_state()))]
@@ -411,10 +339,4 @@ pub(super) async fn finish_run(
         .next()
         .map(|(_, result)| result)
         .unwrap_or(Err(StoreError::NotFound("run")))
-}
-
-/// A state read back from `runs`.
-pub(super) fn parse_state(run_id: Uuid, raw: &str) -> Result<RunState> {
-    RunState::parse(raw)
-        .ok_or_else(|| StoreError::Corrupt(format!("run {run_id}: unknown state '{raw}'")))
 }

@@ -58,6 +58,15 @@ pub(super) async fn claim(
     Ok(ShardLease::new(shard, token))
 }
 
+/// The highest token any shard was claimed at (0 if none ever was).
+pub(super) async fn highest_token(store: &PgStore) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT coalesce(max(token), 0)::bigint FROM shard_fences")
+            .fetch_one(store.pool())
+            .await?,
+    )
+}
+
 /// A transaction that has checked the lease and holds the fence row `FOR SHARE` until it ends.
 /// The only way to write a shard's runs and schedules.
 #[derive(Debug)]

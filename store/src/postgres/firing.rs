@@ -9,19 +9,17 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use kairos_domain::{
-    FieldError, OverlapPolicy, RunId, RunState, SkipReason, TenantId,
-    overlap::{self as overlap_rule, ActiveKind, ActiveRun, FireDecision},
+    FieldError, OverlapPolicy, RunId, RunState, SkipReason, TenantId, overlap::ActiveRun,
     run::event_reason,
 };
 use uuid::Uuid;
 
 use super::PgStore;
-use super::dispatch::parse_state;
 use super::events::{self, Transition};
 use super::fencing;
 use super::overlap;
 use super::retries;
-use super::rows::stored_shard;
+use super::rows::{Fate, decide_batch, parse_state, startable, stored_shard};
 use crate::{
     AckedRuns, DueRun, FinishedRun, FinishedRuns, FiredRuns, LeasedRun, Result, RunAck, RunReport,
     StoreError, cap_log_tail,
@@ -62,26 +60,6 @@ fn check_worker_id(worker_id: &str) -> Result<()> {
         .into());
     }
     Ok(())
-}
-
-/// Whether a run may start now: no cancel requested, its schedule (if any) still at the run's
-/// version, its job not deleted. Shared by the fire and the ack, so both refuse alike.
-///
-/// The schedule and job are read, not locked: the run's row lock orders a start against an
-/// edit. Every schedule edit, pause or delete (and every job delete) cancels the runs it
-/// obsoletes in its own transaction, so it either cancelled the run before the start locked it
-/// (the start sees `cancelled` and leaves it), or it waits for the start's commit and then
-/// finds the run running, which it leaves: the start committed first, so I4 holds. Locking the
-/// schedules here would instead make every start wait behind the planner, which holds them
-/// while it records their fires.
-macro_rules! startable {
-    () => {
-        "(NOT r.cancel_requested
-          AND (r.schedule_id IS NULL OR EXISTS (
-                SELECT 1 FROM schedules s
-                WHERE s.id = r.schedule_id AND s.version = r.schedule_version))
-          AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = r.job_id AND j.deleted_at IS NULL))"
-    };
 }
 
 /// A due run as the firing batch reads it before deciding: its schedule's overlap policy when
@@ -271,7 +249,6 @@ async fn decide_overlaps(
             .await?;
     candidates.retain(|c| c.schedule_id.is_some_and(|s| schedules.contains(&s)));
     candidates.sort_by_key(|c| (c.fire_time, c.id));
-    let by_id: HashMap<Uuid, Candidate> = candidates.iter().map(|c| (c.id, c.clone())).collect();
     let mut schedule_ids: Vec<Uuid> = schedules;
     schedule_ids.sort_unstable();
     schedule_ids.dedup();
@@ -284,69 +261,29 @@ async fn decide_overlaps(
             .or_default()
             .push((row.active()?, Some(row)));
     }
-    let mut decided = Decided::default();
+    let mut fires = Vec::with_capacity(candidates.len());
     for c in candidates {
         let (Some(schedule), Some(raw)) = (c.schedule_id, c.overlap_policy.as_deref()) else {
             continue;
         };
         let policy = OverlapPolicy::parse(raw)
             .map_err(|e| StoreError::Corrupt(format!("schedule {schedule}: {e}")))?;
-        let in_progress = by_schedule.entry(schedule).or_default();
-        let view: Vec<ActiveRun> = in_progress.iter().map(|(a, _)| *a).collect();
-        let outcome = overlap_rule::decide(policy, &view);
-        for id in &outcome.cancel {
-            if let Some(pos) = in_progress.iter().position(|(a, _)| a.id == *id) {
-                let (_, row) = in_progress.remove(pos);
-                // A fire of this batch that an earlier one held is only in memory: it was
-                // never written, so there is nothing to cancel but the decision itself.
-                match row {
-                    Some(row) => decided.cancel.push(row),
-                    None => {
-                        // Superseded before it was ever queued: recorded skipped (overlap).
-                        let id = id.as_uuid();
-                        if decided.start.remove(&id)
-                            && let Some(earlier) = by_id.get(&id)
-                        {
-                            decided.skip.push(earlier.clone());
-                        }
-                        if let Some(p) = decided.hold.iter().position(|(h, _)| h.id == id) {
-                            let (held, _) = decided.hold.remove(p);
-                            decided.skip.push(held);
-                        }
-                    }
-                }
-            }
-        }
-        for id in &outcome.stop {
-            if let Some((_, Some(row))) = in_progress.iter().find(|(a, _)| a.id == *id)
-                && !decided.stop.iter().any(|s| s.id == row.id)
-            {
-                decided.stop.push(row.clone());
-            }
-        }
-        let me = RunId::from_uuid(c.id);
-        match outcome.fire {
-            FireDecision::Start => {
+        let id = RunId::from_uuid(c.id);
+        fires.push((c, id, schedule, policy));
+    }
+    let batch = decide_batch(fires, by_schedule);
+    let mut decided = Decided {
+        cancel: batch.cancel,
+        stop: batch.stop.into_iter().map(|(_, row)| row).collect(),
+        ..Decided::default()
+    };
+    for (c, _, fate) in batch.fates {
+        match fate {
+            Fate::Start => {
                 decided.start.insert(c.id);
-                in_progress.push((
-                    ActiveRun {
-                        id: me,
-                        kind: ActiveKind::Queued,
-                    },
-                    None,
-                ));
             }
-            FireDecision::Skip => decided.skip.push(c),
-            FireDecision::Hold { blocked_by } => {
-                in_progress.push((
-                    ActiveRun {
-                        id: me,
-                        kind: ActiveKind::Held,
-                    },
-                    None,
-                ));
-                decided.hold.push((c, blocked_by.as_uuid()));
-            }
+            Fate::Skip => decided.skip.push(c),
+            Fate::Hold { blocked_by } => decided.hold.push((c, blocked_by.as_uuid())),
         }
     }
     Ok(decided)
@@ -608,7 +545,7 @@ pub(super) async fn finish_runs(store: &PgStore, reports: &[RunReport]) -> Resul
                 },
             ));
             if to == RunState::Failed {
-                retries_owed.push(retries::FailedRow {
+                retries_owed.push(super::rows::FailedRun {
                     id: f.id,
                     job_id: f.job_id,
                     schedule_id: f.schedule_id,

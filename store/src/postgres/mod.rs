@@ -15,11 +15,13 @@ mod overlap;
 mod partitions;
 mod planning;
 mod retries;
-mod rows;
 mod runs;
 mod schedules;
 mod tenants;
 mod tx;
+
+/// The row types and conversions shared with the other SQL backend.
+use crate::rows;
 
 use std::time::Duration;
 
@@ -331,6 +333,10 @@ impl SchedulerStore for PgStore {
 
     async fn claim_shard(&self, shard: ShardId, token: i64, owner: &str) -> Result<ShardLease> {
         fencing::claim(self, shard, token, owner).await
+    }
+
+    async fn highest_fence_token(&self) -> Result<i64> {
+        fencing::highest_token(self).await
     }
 
     async fn due_schedules(

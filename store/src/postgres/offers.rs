@@ -10,9 +10,9 @@ use uuid::Uuid;
 use super::{
     PgStore, credentials, fencing,
     firing::fire_range,
-    rows::{JobRow, RunRow, job_columns, run_columns, shard_value},
+    rows::{JobRow, RunRow, job_columns, offer, run_columns, shard_value},
 };
-use crate::{Job, LeasedRun, Offer, RegistryAuth, Result, Run, ShardLease};
+use crate::{Job, LeasedRun, Offer, Result, Run, ShardLease};
 
 /// Offers for queued runs of one shard (the single-shard form of [`offers_across`]), refused
 /// with `Fenced` once the lease is superseded.
@@ -120,22 +120,4 @@ pub(super) async fn offers_across(
             Some(offer(run, job, registry_auth))
         })
         .collect()
-}
-
-fn offer(run: Run, job: &Job, registry_auth: Option<RegistryAuth>) -> Result<Offer> {
-    let env = super::dispatch::merged_env(&run, job)?;
-    Ok(Offer {
-        run_id: run.id,
-        job_id: run.job_id,
-        image: job.spec.image.clone(),
-        command: job.spec.command.clone(),
-        env,
-        memory: job.spec.memory,
-        timeout: job.spec.timeout,
-        fire_time: run.fire_time,
-        attempt: run.attempt,
-        tenant_id: run.tenant_id,
-        shard: run.shard,
-        registry_auth,
-    })
 }

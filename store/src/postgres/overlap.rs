@@ -8,38 +8,18 @@
 
 use chrono::{DateTime, Utc};
 use kairos_domain::{
-    RunId, RunState, TenantId,
-    overlap::{ActiveKind, ActiveRun},
-    run::cancel_reason,
-    stable_hash,
+    RunId, RunState, TenantId, overlap::ActiveRun, run::cancel_reason, stable_hash,
 };
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::dispatch::parse_state;
 use super::events::Transition;
-use super::rows::stored_shard;
+use super::rows::{active_run, in_progress, parse_state, stored_shard};
 use crate::{ReleasedRun, Result};
 
 /// Advisory lock class of the overlap lock (the two-key form, whose key space does not meet
 /// the one-key form sqlx's migrations use).
 const OVERLAP_LOCK_CLASS: i32 = 0x4b53;
-
-/// The in-progress condition of a run of a schedule, as SQL over the `runs` columns; the
-/// partial index `runs_schedule_active_idx` has the same predicate.
-macro_rules! in_progress {
-    ($r:literal) => {
-        concat!(
-            "(",
-            $r,
-            ".state IN ('queued', 'running') OR (",
-            $r,
-            ".state = 'scheduled' AND ",
-            $r,
-            ".trigger = 'retry'))"
-        )
-    };
-}
 
 fn lock_key(schedule: Uuid) -> i32 {
     // Truncating the stable hash: two schedules sharing a key only wait for each other.
@@ -80,16 +60,7 @@ pub(super) struct ActiveRow {
 impl ActiveRow {
     /// How the overlap rule sees it.
     pub(super) fn active(&self) -> Result<ActiveRun> {
-        let kind = match parse_state(self.id, &self.state)? {
-            RunState::Running => ActiveKind::Running,
-            RunState::Queued if self.blocked_by.is_some() => ActiveKind::Held,
-            RunState::Queued => ActiveKind::Queued,
-            _ => ActiveKind::PendingRetry,
-        };
-        Ok(ActiveRun {
-            id: RunId::from_uuid(self.id),
-            kind,
-        })
+        active_run(self.id, &self.state, self.blocked_by)
     }
 }
 

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::events::{self, Transition};
 use super::fencing;
 use super::rows::{ScheduleRow, convert, schedule_columns, shard_value};
-use super::{PgStore, dispatch::parse_state};
+use super::{PgStore, rows::parse_state};
 use crate::{
     DueRetry, DueSchedule, Materialize, MaterializedAcross, MaterializedRun, Result, Schedule,
     ShardLease, StoreError,

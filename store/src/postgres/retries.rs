@@ -6,25 +6,13 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use kairos_domain::{RetryDraft, RunId, RunState, TenantId, Trigger, stable_hash};
+use kairos_domain::{RetryPolicy, RunId, RunState, TenantId, Trigger};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::events::Transition;
-use super::rows::stored_shard;
-use crate::{DueRetry, Result, StoreError};
-
-/// A run the calling transaction just moved to `failed`.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub(super) struct FailedRow {
-    pub id: Uuid,
-    pub job_id: Uuid,
-    pub schedule_id: Option<Uuid>,
-    pub schedule_version: Option<i64>,
-    pub attempt: i32,
-    pub fire_time: DateTime<Utc>,
-    pub cancel_requested: bool,
-}
+use super::rows::{FailedRun, owed_retry, retry_policy, stored_shard};
+use crate::{DueRetry, Result};
 
 /// A job's retry policy as stored.
 type PolicyRow = (Uuid, i32, i32, i32);
@@ -36,9 +24,9 @@ type CreatedRow = (Uuid, Uuid, i16, DateTime<Utc>, DateTime<Utc>);
 /// their creation events; answers them with the events to record.
 pub(super) async fn create(
     conn: &mut PgConnection,
-    failed: &[FailedRow],
+    failed: &[FailedRun],
 ) -> Result<(Vec<DueRetry>, Vec<(TenantId, Transition)>)> {
-    let candidates: Vec<&FailedRow> = failed.iter().filter(|f| !f.cancel_requested).collect();
+    let candidates: Vec<&FailedRun> = failed.iter().filter(|f| !f.cancel_requested).collect();
     if candidates.is_empty() {
         return Ok(Default::default());
     }
@@ -56,29 +44,13 @@ pub(super) async fn create(
     .bind(&job_ids)
     .fetch_all(&mut *conn)
     .await?;
-    let policies: HashMap<Uuid, kairos_domain::RetryPolicy> = policies
+    let policies: HashMap<Uuid, RetryPolicy> = policies
         .into_iter()
         .map(|(id, max_attempts, initial, max)| {
-            RetryDraft {
-                max_attempts: Some(i64::from(max_attempts)),
-                initial_backoff_seconds: Some(i64::from(initial)),
-                max_backoff_seconds: Some(i64::from(max)),
-            }
-            .parse()
-            .map(|p| (id, p))
-            .map_err(|e| StoreError::Corrupt(format!("job {id}: {e}")))
+            retry_policy(id, max_attempts, initial, max).map(|p| (id, p))
         })
         .collect::<Result<_>>()?;
-    let owed: Vec<&FailedRow> = candidates
-        .into_iter()
-        .filter(|f| {
-            u32::try_from(f.attempt)
-                .ok()
-                .zip(policies.get(&f.job_id))
-                .is_some_and(|(attempt, policy)| policy.retries_after(attempt))
-        })
-        .collect();
-    let mut schedule_ids: Vec<Uuid> = owed.iter().filter_map(|f| f.schedule_id).collect();
+    let mut schedule_ids: Vec<Uuid> = candidates.iter().filter_map(|f| f.schedule_id).collect();
     schedule_ids.sort_unstable();
     schedule_ids.dedup();
     let versions: HashMap<Uuid, i64> = if schedule_ids.is_empty() {
@@ -93,32 +65,22 @@ pub(super) async fn create(
         .into_iter()
         .collect()
     };
-    let owed: Vec<&FailedRow> = owed
-        .into_iter()
-        .filter(|f| match f.schedule_id {
-            None => true,
-            Some(s) => versions.get(&s).copied() == f.schedule_version,
-        })
-        .collect();
-    if owed.is_empty() {
-        return Ok(Default::default());
-    }
-    let n = owed.len();
-    let mut new_ids = Vec::with_capacity(n);
-    let mut failed_ids = Vec::with_capacity(n);
-    let mut fire_times = Vec::with_capacity(n);
-    let mut delays = Vec::with_capacity(n);
-    for f in &owed {
-        let Some(policy) = policies.get(&f.job_id) else {
+    let mut new_ids = Vec::new();
+    let mut failed_ids = Vec::new();
+    let mut fire_times = Vec::new();
+    let mut delays = Vec::new();
+    for f in candidates {
+        let current = f.schedule_id.and_then(|s| versions.get(&s).copied());
+        let Some(delay) = owed_retry(f, policies.get(&f.job_id), current) else {
             continue;
         };
-        let attempt = u32::try_from(f.attempt).unwrap_or(u32::MAX);
-        let seed = stable_hash::fnv1a(&[b"kairos-retry", f.id.as_bytes()]);
-        let delay = policy.backoff(attempt, seed);
         new_ids.push(RunId::generate().as_uuid());
         failed_ids.push(f.id);
         fire_times.push(f.fire_time);
         delays.push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+    }
+    if new_ids.is_empty() {
+        return Ok(Default::default());
     }
     let created: Vec<CreatedRow> = sqlx::query_as(
         "INSERT INTO runs (id, tenant_id, job_id, schedule_id, schedule_version, shard, trigger,

@@ -2,7 +2,6 @@
 //! each change cancelling the runs it obsoletes and notifying the shard's scheduler in the same
 //! transaction (I4); it must never touch another tenant's schedule or a deleted job's.
 
-use chrono::{DateTime, Utc};
 use kairos_domain::{JobId, PageRequest, ScheduleId, ShardId, TenantId, run::cancel_reason};
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
@@ -10,13 +9,12 @@ use uuid::Uuid;
 use super::PgStore;
 use super::jobs;
 use super::rows::{
-    ScheduleRow, ScheduleValues, convert, page_of, push_keyset, schedule_columns, shard_value,
-    stored_shard,
+    ChangeBase, ScheduleRow, ScheduleValues, convert, page_of, push_keyset, schedule_columns,
+    shard_value, stored_shard,
 };
 use super::runs::{self, Pending};
 use crate::{
-    NewSchedule, NextFire, Page, Result, SCHEDULE_CHANGES_CHANNEL, Schedule, ScheduleChange,
-    StoreError,
+    NewSchedule, Page, Result, SCHEDULE_CHANGES_CHANNEL, Schedule, ScheduleChange, StoreError,
 };
 
 /// Inserts the schedule of a live job of the tenant and notifies its shard's scheduler.
@@ -123,7 +121,7 @@ pub(super) async fn update(
 ) -> Result<Schedule> {
     let v = ScheduleValues::of(&change.spec)?;
     let mut tx = store.begin().await?;
-    let current: Option<CurrentRow> = sqlx::query_as(
+    let current: Option<ChangeBase> = sqlx::query_as(
         "SELECT version, fire_count, paused_at, next_fire_at FROM schedules
          WHERE tenant_id = $1 AND id = $2
          FOR UPDATE",
@@ -150,18 +148,7 @@ pub(super) async fn update(
         change.cancel_reason,
     )
     .await?;
-    let fire_count = u64::try_from(current.fire_count)
-        .unwrap_or(0)
-        .saturating_sub(cancelled.unfired);
-    let timeline = change.spec.timeline(id, fire_count);
-    let next_fire_at = match change.next_fire {
-        NextFire::Keep if timeline.remaining() == Some(0) => None,
-        NextFire::Keep => current.next_fire_at,
-        NextFire::After(t) => timeline.next_after(t),
-        NextFire::SincePause { otherwise } => {
-            timeline.next_after(current.paused_at.unwrap_or(otherwise))
-        }
-    };
+    let (fire_count, next_fire_at) = current.after(change, id, cancelled.unfired);
     let row: ScheduleRow = sqlx::query_as(concat!(
         "UPDATE schedules SET kind = $4, cron = $5, interval_seconds = $6, interval_anchor = $7,
              at = $8, timezone = $9, start_at = $10, end_at = $11, overlap_policy = $12,
@@ -212,15 +199,6 @@ pub(super) async fn update(
         "schedule updated"
     );
     Ok(schedule)
-}
-
-/// The stored state an update starts from.
-#[derive(Debug, sqlx::FromRow)]
-struct CurrentRow {
-    version: i64,
-    fire_count: i64,
-    paused_at: Option<DateTime<Utc>>,
-    next_fire_at: Option<DateTime<Utc>>,
 }
 
 /// Deletes the schedule, cancels its not-yet-started runs and notifies the shard's scheduler,

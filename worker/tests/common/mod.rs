@@ -56,8 +56,10 @@ impl Harness {
 
     pub fn config(&self) -> WorkerConfig {
         WorkerConfig {
-            etcd_endpoints: self.etcd.endpoints(),
-            etcd_prefix: self.etcd.key_prefix().to_owned(),
+            schedulers: kairos_worker::config::Schedulers::Etcd {
+                endpoints: self.etcd.endpoints(),
+                prefix: self.etcd.key_prefix().to_owned(),
+            },
             worker_id: self.worker_id.clone(),
             slots: 4,
             runtime: RuntimeKind::Docker,

@@ -1,0 +1,277 @@
+//! The schedules table: create, read, list, versioned update (edit, pause, resume) and delete,
+//! each change cancelling the runs it obsoletes and hinting the shard's scheduler in the same
+//! transaction (I4); it must never touch another tenant's schedule or a deleted job's.
+
+use kairos_domain::{JobId, PageRequest, ScheduleId, ShardId, TenantId, run::cancel_reason};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use uuid::Uuid;
+
+use super::SqliteStore;
+use super::jobs::{self, version_conflict};
+use super::rows::{
+    ChangeBase, ScheduleRow, ScheduleValues, convert, page_of, push_keyset, schedule_columns,
+    shard_value, stored_shard,
+};
+use super::runs::{self, Pending};
+use super::time::{ts, ts_opt};
+use crate::{ChangeKind, NewSchedule, Page, Result, Schedule, ScheduleChange, StoreError};
+
+/// Inserts the schedule of a live job of the tenant and hints its shard's scheduler.
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant, job_id = %new.job_id, schedule_id = %new.id))]
+pub(super) async fn create(
+    store: &SqliteStore,
+    tenant: TenantId,
+    new: &NewSchedule,
+) -> Result<Schedule> {
+    let v = ScheduleValues::of(&new.spec)?;
+    let shard = ShardId::of(new.id.as_uuid());
+    let mut tx = store.begin_write().await?;
+    let now = tx.now.clone();
+    jobs::check_live(tx.conn(), tenant, new.job_id).await?;
+    let row: ScheduleRow = sqlx::query_as(concat!(
+        "INSERT INTO schedules (id, tenant_id, job_id, shard, kind, cron, interval_seconds,
+             interval_anchor, at, timezone, start_at, end_at, overlap_policy,
+             catchup_window_seconds, jitter_seconds, paused, pause_note, next_fire_at,
+             created_at, updated_at, catchup_max_runs, max_runs, paused_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                 ?19, ?19, ?20, ?21, CASE WHEN ?16 THEN ?19 END)
+         RETURNING ",
+        schedule_columns!()
+    ))
+    .bind(new.id.as_uuid())
+    .bind(tenant.as_uuid())
+    .bind(new.job_id.as_uuid())
+    .bind(shard_value(shard)?)
+    .bind(v.kind)
+    .bind(v.cron)
+    .bind(v.interval_seconds)
+    .bind(ts_opt(v.interval_anchor))
+    .bind(ts_opt(v.at))
+    .bind(v.timezone)
+    .bind(ts_opt(v.start_at))
+    .bind(ts_opt(v.end_at))
+    .bind(v.overlap_policy)
+    .bind(v.catchup_window_seconds)
+    .bind(v.jitter_seconds)
+    .bind(new.paused)
+    .bind(new.pause_note.as_deref())
+    .bind(ts_opt(new.next_fire_at))
+    .bind(now)
+    .bind(v.catchup_max_runs)
+    .bind(v.max_runs)
+    .fetch_one(tx.conn())
+    .await?;
+    let schedule = Schedule::try_from(row)?;
+    tx.hint(ChangeKind::Schedule, shard);
+    tx.commit().await?;
+    Ok(schedule)
+}
+
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant, schedule_id = %id))]
+pub(super) async fn get(store: &SqliteStore, tenant: TenantId, id: ScheduleId) -> Result<Schedule> {
+    let row: Option<ScheduleRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        schedule_columns!(),
+        " FROM schedules WHERE tenant_id = ?1 AND id = ?2"
+    ))
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .fetch_optional(store.reader())
+    .await?;
+    row.ok_or(StoreError::NotFound("schedule"))?.try_into()
+}
+
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant, job_id))]
+pub(super) async fn list(
+    store: &SqliteStore,
+    tenant: TenantId,
+    job: Option<JobId>,
+    page: PageRequest,
+) -> Result<Page<Schedule>> {
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(concat!(
+        "SELECT ",
+        schedule_columns!(),
+        " FROM schedules WHERE tenant_id = "
+    ));
+    q.push_bind(tenant.as_uuid());
+    if let Some(job) = job {
+        tracing::Span::current().record("job_id", tracing::field::display(job));
+        if !jobs::exists(store, tenant, job, false).await? {
+            return Err(StoreError::NotFound("job"));
+        }
+        q.push(" AND job_id = ").push_bind(job.as_uuid());
+    }
+    push_keyset(&mut q, &page);
+    let rows: Vec<ScheduleRow> = q.build_query_as().fetch_all(store.reader()).await?;
+    Ok(page_of(convert(rows)?, &page, |s: &Schedule| {
+        s.id.as_uuid()
+    }))
+}
+
+/// Writes the change as version `expected_version + 1`, cancels the older versions' runs that
+/// have not started yet (giving the unfired ones back to the fire count), computes the next
+/// fire from the change with the count that leaves, and hints the shard's scheduler, in one
+/// transaction.
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant, schedule_id = %id, expected_version))]
+pub(super) async fn update(
+    store: &SqliteStore,
+    tenant: TenantId,
+    id: ScheduleId,
+    change: &ScheduleChange,
+    expected_version: i64,
+) -> Result<Schedule> {
+    let v = ScheduleValues::of(&change.spec)?;
+    let mut tx = store.begin_write().await?;
+    let now = tx.now.clone();
+    // The transaction holds the write lock: what is read here stays so until it commits.
+    let current: Option<ChangeBase> = sqlx::query_as(
+        "SELECT version, fire_count, paused_at, next_fire_at FROM schedules
+         WHERE tenant_id = ?1 AND id = ?2",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .fetch_optional(tx.conn())
+    .await?;
+    let current = current.ok_or(StoreError::NotFound("schedule"))?;
+    if current.version != expected_version {
+        return Err(version_conflict(
+            "schedule",
+            expected_version,
+            current.version,
+        ));
+    }
+    let cancelled = runs::cancel_pending(
+        &mut tx,
+        tenant,
+        Pending::OfSchedule {
+            id,
+            below_version: Some(expected_version + 1),
+        },
+        change.cancel_reason,
+    )
+    .await?;
+    let (fire_count, next_fire_at) = current.after(change, id, cancelled.unfired);
+    let at = ts(change.at);
+    let row: ScheduleRow = sqlx::query_as(concat!(
+        "UPDATE schedules SET kind = ?4, cron = ?5, interval_seconds = ?6, interval_anchor = ?7,
+             at = ?8, timezone = ?9, start_at = ?10, end_at = ?11, overlap_policy = ?12,
+             catchup_window_seconds = ?13, jitter_seconds = ?14, paused = ?15, pause_note = ?16,
+             next_fire_at = ?17, catchup_max_runs = ?19, max_runs = ?20, fire_count = ?21,
+             paused_at = CASE WHEN ?15 THEN coalesce(paused_at, ?22) END,
+             -- The fires still ahead were cancelled above: the latest fire is one that stays.
+             last_fire_at = CASE WHEN last_fire_at > ?22 THEN (
+                     SELECT max(r.fire_time) FROM runs r
+                     WHERE r.schedule_id = ?2 AND r.trigger = 'schedule'
+                       AND r.state <> 'cancelled' AND r.fire_time <= schedules.last_fire_at)
+                 ELSE last_fire_at END,
+             version = version + 1, updated_at = ?18
+         WHERE tenant_id = ?1 AND id = ?2 AND version = ?3
+         RETURNING ",
+        schedule_columns!()
+    ))
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .bind(expected_version)
+    .bind(v.kind)
+    .bind(v.cron)
+    .bind(v.interval_seconds)
+    .bind(ts_opt(v.interval_anchor))
+    .bind(ts_opt(v.at))
+    .bind(v.timezone)
+    .bind(ts_opt(v.start_at))
+    .bind(ts_opt(v.end_at))
+    .bind(v.overlap_policy)
+    .bind(v.catchup_window_seconds)
+    .bind(v.jitter_seconds)
+    .bind(change.paused)
+    .bind(change.pause_note.as_deref())
+    .bind(ts_opt(next_fire_at))
+    .bind(now)
+    .bind(v.catchup_max_runs)
+    .bind(v.max_runs)
+    .bind(i64::try_from(fire_count).unwrap_or(i64::MAX))
+    .bind(at)
+    .fetch_one(tx.conn())
+    .await?;
+    let schedule = Schedule::try_from(row)?;
+    tx.hint(ChangeKind::Schedule, schedule.shard);
+    tx.commit().await?;
+    tracing::info!(
+        version = schedule.version,
+        cancelled = cancelled.runs,
+        given_back = cancelled.unfired,
+        "schedule updated"
+    );
+    Ok(schedule)
+}
+
+/// Deletes the schedule, cancels its not-yet-started runs and hints the shard's scheduler, in
+/// one transaction. Its runs keep their history.
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant, schedule_id = %id))]
+pub(super) async fn delete(store: &SqliteStore, tenant: TenantId, id: ScheduleId) -> Result<()> {
+    let mut tx = store.begin_write().await?;
+    let shard: Option<i16> = sqlx::query_scalar(
+        "DELETE FROM schedules WHERE tenant_id = ?1 AND id = ?2 RETURNING shard",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .fetch_optional(tx.conn())
+    .await?;
+    let shard = stored_shard(shard.ok_or(StoreError::NotFound("schedule"))?)?;
+    let cancelled = runs::cancel_pending(
+        &mut tx,
+        tenant,
+        Pending::OfSchedule {
+            id,
+            below_version: None,
+        },
+        cancel_reason::SCHEDULE_DELETED,
+    )
+    .await?;
+    tx.hint(ChangeKind::Schedule, shard);
+    tx.commit().await?;
+    tracing::info!(cancelled = cancelled.runs, "schedule deleted");
+    Ok(())
+}
+
+/// A schedule as a run insert reads it: the stored version, job and shard.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Current {
+    pub version: i64,
+    pub job_id: Uuid,
+    pub shard: ShardId,
+}
+
+/// The tenant's schedule as it stands inside a write transaction (nothing can change it before
+/// the transaction ends); `NotFound` if it is not theirs.
+pub(super) async fn current(
+    conn: &mut SqliteConnection,
+    tenant: TenantId,
+    id: ScheduleId,
+) -> Result<Current> {
+    let row: Option<(i64, Uuid, i16)> = sqlx::query_as(
+        "SELECT version, job_id, shard FROM schedules WHERE tenant_id = ?1 AND id = ?2",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await?;
+    let (version, job_id, shard) = row.ok_or(StoreError::NotFound("schedule"))?;
+    Ok(Current {
+        version,
+        job_id,
+        shard: stored_shard(shard)?,
+    })
+}
+
+/// Whether the schedule is the tenant's, or was (a deleted schedule's runs stay readable).
+pub(super) async fn known(store: &SqliteStore, tenant: TenantId, id: ScheduleId) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM schedules WHERE tenant_id = ?1 AND id = ?2)
+             OR EXISTS (SELECT 1 FROM runs WHERE tenant_id = ?1 AND schedule_id = ?2)",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .fetch_one(store.reader())
+    .await?)
+}
