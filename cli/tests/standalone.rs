@@ -402,17 +402,18 @@ async fn standalone_runs_jobs_now_and_on_schedule_and_keeps_everything_across_re
     .await;
 
     // Two more schedules: one that records missed fires (no catch-up window), one that runs
-    // them late (an hour's window). Then kill -9 and stay down for a while.
+    // them late (an hour's window). Then kill -9 and stay down for a while. Their late fires
+    // come due together: `allow`, so that the overlap policy does not skip all but one.
     let (_, strict) = rest
         .post(
             &format!("/v1/jobs/{job_id}/schedules"),
-            json!({ "interval_seconds": 2, "catchup_window_seconds": 0 }),
+            json!({ "interval_seconds": 2, "catchup_window_seconds": 0, "overlap_policy": "allow" }),
         )
         .await;
     let (_, lenient) = rest
         .post(
             &format!("/v1/jobs/{job_id}/schedules"),
-            json!({ "interval_seconds": 2, "catchup_window_seconds": 3600 }),
+            json!({ "interval_seconds": 2, "catchup_window_seconds": 3600, "overlap_policy": "allow" }),
         )
         .await;
     let (strict, lenient) = (
