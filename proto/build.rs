@@ -12,6 +12,10 @@ const PROTOS: [&str; 2] = ["kairos/v1/jobs.proto", "kairos/v1/worker.proto"];
 fn main() -> Result<(), Box<dyn Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     println!("cargo:rerun-if-env-changed=PROTOC");
+    // Any rerun directive replaces cargo's default (rerun on any change in the package), so
+    // the protos must be named too, or an edited .proto would keep its stale generated code.
+    println!("cargo:rerun-if-changed=kairos");
+    println!("cargo:rerun-if-changed=build.rs");
     let mut config = tonic_prost_build::Config::new();
     if env::var_os("PROTOC").is_none() {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
