@@ -5,16 +5,22 @@
 //! commands (`jobs`, `schedules`, `runs`, `tenants`).
 
 mod client;
+mod config_file;
 mod roles;
 
-use std::process::ExitCode;
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
-use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind};
 
 /// Kairos: a multi-tenant cron-style job scheduler.
 #[derive(Debug, Parser)]
 #[command(name = "kairos", version, propagate_version = true)]
 struct Cli {
+    /// A TOML file of settings for the server roles: the KAIROS_* variables without the prefix,
+    /// in lower case, at the top level or in a [api] / [scheduler] / [worker] / [standalone] /
+    /// [migrate] table. Flags and the environment win over it.
+    #[arg(long, global = true, env = config_file::CONFIG_ENV, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     client: client::GlobalOpts,
     #[command(subcommand)]
@@ -46,18 +52,33 @@ enum Command {
     },
 }
 
-/// Parses the command line. Help and version print as clap prints them; a usage mistake
-/// prints as one line (the error, its hints folded in) and exits 2.
+/// Parses the command line, with the config file's values (if one is named) as defaults.
+/// Help and version print as clap prints them; a usage mistake or a bad config file prints as
+/// one line and exits 2.
 fn parse() -> Result<Cli, ExitCode> {
-    Cli::try_parse().map_err(|e| match e.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
-        _ => {
-            eprintln!("{}", one_line_usage_error(&e.render().to_string()));
-            ExitCode::from(2)
-        }
-    })
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let settings = config_file::load(
+        &Cli::command(),
+        &args,
+        std::env::var_os(config_file::CONFIG_ENV),
+    )
+    .map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    let command = config_file::apply(Cli::command(), &args, &settings);
+    command
+        .try_get_matches_from(args)
+        .and_then(|mut matches| Cli::from_arg_matches_mut(&mut matches))
+        .map_err(|e| match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+            _ => {
+                eprintln!("{}", one_line_usage_error(&e.render().to_string()));
+                ExitCode::from(2)
+            }
+        })
 }
 
 /// clap's error text on one line: its `error:` line and any hint lines, without the usage

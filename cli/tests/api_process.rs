@@ -237,3 +237,71 @@ async fn the_api_process_serves_rest_and_the_cli_and_keeps_accepted_work_across_
         "a secret reached the logs"
     );
 }
+
+#[tokio::test]
+async fn the_api_takes_its_settings_from_a_config_file_and_the_environment_wins() {
+    let db = database().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let config = dir.path().join("kairos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = \"{}\"\nadmin_token = \"{ADMIN}\"\n\
+             [api]\nhttp_addr = \"127.0.0.1:1\"\ngrpc_addr = \"127.0.0.1:{grpc_port}\"\n\
+             [scheduler]\nlease_ttl_seconds = 5\n",
+            db.url()
+        ),
+    )
+    .unwrap();
+    // The file names a port the test cannot bind; the environment overrides it.
+    let envs = vec![
+        (
+            "KAIROS_HTTP_ADDR".to_owned(),
+            format!("127.0.0.1:{http_port}"),
+        ),
+        ("KAIROS_LOG_FORMAT".to_owned(), "json".to_owned()),
+    ];
+    let config_arg = config.to_str().unwrap();
+    let process = KairosProcess::spawn(Path::new(BIN), &["api", "--config", config_arg], &envs)
+        .expect("spawn kairos api");
+    let http = format!("http://127.0.0.1:{http_port}");
+    process
+        .wait_http_ready(&format!("{http}/readyz"), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("api not ready: {e}\n{}", process.output()));
+    let api = Api {
+        process,
+        http,
+        grpc: format!("http://127.0.0.1:{grpc_port}"),
+    };
+    // The database, the admin token and the gRPC address all came from the file.
+    let tenant = json_out(&cli(&api, None, &["tenants", "create", "--name", "acme"]));
+    assert_eq!(tenant["tenant"]["name"], "acme", "{tenant}");
+    let created = reqwest::Client::new()
+        .post(format!("{}/v1/tenants", api.http))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "globex"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert!(
+        !api.process.output().contains(db.url()),
+        "the file's database URL is never logged"
+    );
+
+    // A misspelt key stops the role at once, naming the key and the file, not the value.
+    std::fs::write(&config, "databse_url = \"postgres://u:pw@db/k\"\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["api", "--config", config_arg])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`databse_url`") && stderr.contains("kairos.toml"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pw@db"), "{stderr}");
+}
