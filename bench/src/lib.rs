@@ -19,10 +19,18 @@ pub fn kairos() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/release/kairos"))
 }
 
+/// Environment pairs for a process of the stack, owned. The processes log at `warn`, or at
+/// `KAIROS_BENCH_RUST_LOG` when set (to see what a slow run did; `fire_lag` then prints the
+/// scheduler's output at the end).
 pub fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
     pairs
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .map(
+            |(k, v)| match (*k, std::env::var("KAIROS_BENCH_RUST_LOG")) {
+                ("RUST_LOG", Ok(level)) => ((*k).to_owned(), level),
+                _ => ((*k).to_owned(), v.clone()),
+            },
+        )
         .collect()
 }
 

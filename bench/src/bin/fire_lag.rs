@@ -73,6 +73,9 @@ async fn measure(rate: usize, synthetic_worker: bool) -> Result<String> {
     .bind(MEASURE_SECONDS as f64)
     .fetch_one(&stack.pool)
     .await?;
+    if std::env::var_os("KAIROS_BENCH_RUST_LOG").is_some() {
+        eprintln!("--- scheduler output ---\n{}", stack.schedulers[0].output());
+    }
     let expected = rate as i64 * MEASURE_SECONDS;
     let missed = (expected - (runs - duplicates)).max(0);
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |s| format!("{:.1}", s * 1000.0));
