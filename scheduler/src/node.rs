@@ -102,6 +102,13 @@ pub async fn run_on(
     if let Ownership::Etcd(coordinator) = &mut config.ownership {
         // Workers find this node's stream endpoint in its registration.
         coordinator.advertise = format!("http://{grpc_addr}");
+        if grpc_addr.ip().is_unspecified() {
+            tracing::warn!(
+                advertised = %coordinator.advertise,
+                "KAIROS_GRPC_ADDR is an unspecified address: workers on other hosts cannot dial \
+                 the advertised endpoint; set it to an address they reach (on Kubernetes, the pod IP)"
+            );
+        }
     }
     let metrics = Metrics::new();
     let tasks = TaskTracker::new();
