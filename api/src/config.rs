@@ -39,6 +39,29 @@ pub struct ApiConfig {
     pub maintenance_interval: Duration,
     /// How long in-flight requests may take to finish after shutdown begins.
     pub shutdown_grace: Duration,
+    /// The quotas every tenant gets.
+    pub limits: TenantLimits,
+}
+
+/// Quotas every tenant gets, so one tenant cannot crowd out the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// Live schedules per tenant (`KAIROS_MAX_SCHEDULES_PER_TENANT`): those not completed (a
+    /// fire left, or the last one still ahead); paused ones count, completed one-offs and
+    /// schedules past their `end_at` or `max_runs` do not. Checked when a schedule is created.
+    pub max_live_schedules: u32,
+}
+
+impl TenantLimits {
+    pub const DEFAULT_MAX_LIVE_SCHEDULES: u32 = 10_000;
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        Self {
+            max_live_schedules: Self::DEFAULT_MAX_LIVE_SCHEDULES,
+        }
+    }
 }
 
 impl ApiConfig {

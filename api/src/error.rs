@@ -54,6 +54,13 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(field) => field.into(),
             StoreError::Conflict(m) => Self::new(ErrorCode::AlreadyExists, m),
             StoreError::FailedPrecondition(m) => Self::new(ErrorCode::FailedPrecondition, m),
+            StoreError::LimitReached { what, limit } => Self::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "the tenant already has {limit} {what}, its quota: delete or let some \
+                     complete first (completed schedules do not count)"
+                ),
+            ),
             other => {
                 let code = other.code();
                 tracing::error!(error = %other, "store call failed");

@@ -16,7 +16,7 @@ pub mod rest;
 pub mod server;
 pub mod service;
 
-pub use config::ApiConfig;
+pub use config::{ApiConfig, TenantLimits};
 pub use error::ApiError;
 pub use server::serve;
 pub use service::Service;

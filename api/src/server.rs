@@ -76,7 +76,8 @@ pub async fn serve_on(
         clock.clone(),
         config.admin_token.clone(),
         Metrics::new(),
-    );
+    )
+    .with_limits(config.limits);
     tracing::info!(http = %config.http_addr, grpc = %config.grpc_addr, admin_api = config.admin_token.is_some(), "api listening");
 
     let tasks = TaskTracker::new();

@@ -10,7 +10,7 @@ mod common;
 
 use axum::http::{Method, StatusCode};
 use chrono::{DateTime, Duration, Utc};
-use common::{App, app_at, assert_invalid};
+use common::{App, app_at, app_with_limits, assert_invalid};
 use kairos_domain::{ScheduleId, SkipReason};
 use kairos_store::{FireState, Materialize, SchedulerStore, Store};
 use serde_json::{Value, json};
@@ -415,4 +415,54 @@ async fn a_backfill_lists_the_fires_it_leaves_alone() {
         )
         .await;
     assert_invalid(status, &err, "to");
+}
+
+#[tokio::test]
+async fn the_live_schedule_quota_refuses_past_it_and_a_fired_one_off_stops_counting() {
+    let app = app_with_limits(kairos_api::TenantLimits {
+        max_live_schedules: 2,
+    })
+    .await;
+    let key = app.tenant("acme").await;
+    let job = app.job(&key).await;
+    create(&app, &key, &job, json!({ "cron": "0 * * * *" })).await;
+    // A one-off due in two seconds (whole seconds: `at` is kept to the second).
+    let at = (Utc::now() + Duration::seconds(3))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let once = create(&app, &key, &job, json!({ "at": at })).await;
+
+    let path = format!("/v1/jobs/{job}/schedules");
+    let (status, refused) = app.post(&path, &key, json!({ "cron": "0 9 * * *" })).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert_eq!(refused["error"]["code"], "resource_exhausted", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("2 live schedules"), "{message}");
+    let (_, listed) = app.get(&format!("/v1/schedules?job_id={job}"), &key).await;
+    assert_eq!(
+        listed["schedules"].as_array().unwrap().len(),
+        2,
+        "nothing written: {listed}"
+    );
+    // Another tenant has a quota of its own.
+    let other = app.tenant("globex").await;
+    let other_job = app.job(&other).await;
+    create(&app, &other, &other_job, json!({ "cron": "0 9 * * *" })).await;
+
+    // The one-off fires (planned as the scheduler would) and its time passes: it completes
+    // and no longer counts.
+    plan_next(&app, &key, &once, FireState::Scheduled).await;
+    let once_path = format!("/v1/schedules/{}", once["id"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, s) = app.get(&once_path, &key).await;
+        if s["state"] == "completed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never completed: {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    create(&app, &key, &job, json!({ "cron": "0 9 * * *" })).await;
+    let (status, refused) = app.post(&path, &key, json!({ "cron": "0 10 * * *" })).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
 }

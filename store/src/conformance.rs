@@ -65,6 +65,8 @@ macro_rules! store_conformance_suite {
             another_tenants_schedule_answers_exactly_as_a_missing_one,
             another_tenants_run_answers_exactly_as_a_missing_one,
             a_schedule_for_a_missing_or_foreign_job_is_not_found_and_writes_nothing,
+            the_live_schedule_quota_counts_paused_but_not_completed_schedules_and_writes_nothing_past_it,
+            concurrent_creates_at_the_quota_leave_exactly_one_through,
             schedules_are_listed_per_job_across_pages,
             updating_a_schedule_bumps_its_version_and_cancels_runs_of_older_versions,
             pausing_a_schedule_cancels_its_pending_runs_with_the_pause_reason,
@@ -172,6 +174,7 @@ fn new_schedule(job: JobId) -> NewSchedule {
         id: ScheduleId::generate(),
         job_id: job,
         next_fire_at: spec.next_fire_after(now()),
+        live_limit: None,
         spec,
         paused: false,
         pause_note: None,
@@ -619,6 +622,95 @@ pub async fn another_tenants_run_answers_exactly_as_a_missing_one<S: Store>(stor
     assert_eq!(logs.run_id, run.id);
     assert_eq!(logs.content, "");
     assert!(!logs.truncated);
+}
+
+/// A schedule of `job` under a quota of `limit` live schedules; `live: false` is one with no
+/// fire left (a one-off that fired), `paused` one that is paused.
+fn limited_schedule(job: JobId, limit: u32, live: bool, paused: bool) -> NewSchedule {
+    NewSchedule {
+        live_limit: Some(limit),
+        paused,
+        next_fire_at: if live {
+            new_schedule(job).next_fire_at
+        } else {
+            None
+        },
+        ..new_schedule(job)
+    }
+}
+
+fn assert_limit_reached<T: std::fmt::Debug>(result: Result<T, StoreError>, limit: u32) {
+    match result {
+        Err(StoreError::LimitReached { what, limit: l }) => {
+            assert_eq!((what, l), ("live schedules", limit));
+        }
+        other => panic!("expected the quota of {limit} to be reached, got {other:?}"),
+    }
+}
+
+pub async fn the_live_schedule_quota_counts_paused_but_not_completed_schedules_and_writes_nothing_past_it<
+    S: Store,
+>(
+    store: &S,
+) {
+    let t = tenant(store).await;
+    let j = job(store, t).await;
+    // Two completed schedules (no fire left) do not count against a quota of two ...
+    for _ in 0..2 {
+        store
+            .create_schedule(t, &limited_schedule(j.id, 2, false, false))
+            .await
+            .expect("a completed schedule");
+    }
+    // ... so two live ones fit, one of them paused,
+    store
+        .create_schedule(t, &limited_schedule(j.id, 2, true, false))
+        .await
+        .expect("the first live schedule");
+    store
+        .create_schedule(t, &limited_schedule(j.id, 2, true, true))
+        .await
+        .expect("a paused one counts but fits");
+    // and a third is refused, live or completed, and writes nothing.
+    let refused = limited_schedule(j.id, 2, true, false);
+    assert_limit_reached(store.create_schedule(t, &refused).await, 2);
+    assert_not_found(store.get_schedule(t, refused.id).await, "schedule");
+    let listed = store
+        .list_schedules(t, None, page(10, None))
+        .await
+        .expect("list");
+    assert_eq!(listed.items.len(), 4, "nothing written past the quota");
+    // A higher quota, or none, lets it through; another tenant has its own.
+    store
+        .create_schedule(t, &limited_schedule(j.id, 3, true, false))
+        .await
+        .expect("under a quota of three");
+    let other = tenant(store).await;
+    let other_job = job(store, other).await;
+    store
+        .create_schedule(other, &limited_schedule(other_job.id, 1, true, false))
+        .await
+        .expect("another tenant's quota is its own");
+}
+
+pub async fn concurrent_creates_at_the_quota_leave_exactly_one_through<S: Store>(store: &S) {
+    let t = tenant(store).await;
+    let j = job(store, t).await;
+    let (a, b) = (
+        limited_schedule(j.id, 1, true, false),
+        limited_schedule(j.id, 1, true, false),
+    );
+    let (ra, rb) = futures::join!(store.create_schedule(t, &a), store.create_schedule(t, &b));
+    let oks = [ra.is_ok(), rb.is_ok()].iter().filter(|ok| **ok).count();
+    assert_eq!(
+        oks, 1,
+        "exactly one of two racing creates fits a quota of one: {ra:?} {rb:?}"
+    );
+    for r in [ra, rb] {
+        if r.is_err() {
+            assert_limit_reached(r, 1);
+        }
+    }
 }
 
 pub async fn a_schedule_for_a_missing_or_foreign_job_is_not_found_and_writes_nothing<S: Store>(

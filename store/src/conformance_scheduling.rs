@@ -148,6 +148,7 @@ async fn schedule_in<S: Store>(
         paused,
         pause_note: None,
         next_fire_at: Some(next_fire_at),
+        live_limit: None,
     };
     store
         .create_schedule(tenant, &new)

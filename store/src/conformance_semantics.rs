@@ -64,6 +64,7 @@ async fn scene_with<S: Store + SchedulerStore>(
             id,
             job_id: job.id,
             next_fire_at: spec.timeline(id, 0).next_after(now()),
+            live_limit: None,
             spec: spec.clone(),
             paused: false,
             pause_note: None,
@@ -874,6 +875,7 @@ pub async fn pauses_record_when_and_a_resume_may_plan_from_the_pause<S: Store + 
         paused: true,
         pause_note: None,
         next_fire_at: s.next_fire_at,
+        live_limit: None,
     };
     let created = store
         .create_schedule(w.tenant, &new)

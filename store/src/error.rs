@@ -20,6 +20,9 @@ pub enum StoreError {
     /// than the shard's current token: the caller does not own the shard (I1, I8).
     #[error("shard {} is fenced: token {token} is not the current one", .shard.get())]
     Fenced { shard: ShardId, token: i64 },
+    /// The tenant already has `limit` of `what` (a quota); nothing was written.
+    #[error("the tenant already has {limit} {what}, its limit")]
+    LimitReached { what: &'static str, limit: u32 },
     /// A value was refused by storage rules not expressible in the domain types.
     #[error(transparent)]
     Invalid(#[from] FieldError),
@@ -46,6 +49,7 @@ impl StoreError {
                 ErrorCode::FailedPrecondition
             }
             StoreError::Invalid(_) => ErrorCode::InvalidArgument,
+            StoreError::LimitReached { .. } => ErrorCode::ResourceExhausted,
             StoreError::Unavailable(_) => ErrorCode::Unavailable,
             StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Migrate(_) => {
                 ErrorCode::Internal

@@ -50,6 +50,12 @@ pub struct NewSchedule {
     pub pause_note: Option<String>,
     /// The first fire the scheduler should plan (`None`: nothing left to fire).
     pub next_fire_at: Option<DateTime<Utc>>,
+    /// The tenant's quota of live schedules (those not completed: a fire left, or the last
+    /// one still ahead; paused ones count), checked in the create's transaction and
+    /// serialized per tenant: at the quota the create fails with
+    /// [`StoreError::LimitReached`](crate::StoreError::LimitReached) and writes nothing.
+    /// `None`: no quota.
+    pub live_limit: Option<u32>,
 }
 
 #[derive(Debug, Clone)]

@@ -302,6 +302,7 @@ async fn committed_changes_are_announced_on_their_channels_with_the_shard() {
         paused: false,
         pause_note: None,
         next_fire_at: spec.next_fire_after(Utc::now()),
+        live_limit: None,
     };
     let shard = ShardId::of(new.id.as_uuid()).get().to_string();
     let s = store.create_schedule(t, &new).await.expect("schedule");
@@ -377,6 +378,7 @@ async fn hourly(store: &PgStore, tenant: TenantId, job: JobId) -> Schedule {
         id: ScheduleId::generate(),
         job_id: job,
         next_fire_at: spec.next_fire_after(Utc::now()),
+        live_limit: None,
         spec,
         paused: false,
         pause_note: None,

@@ -23,7 +23,7 @@ use crate::{
     ApiError,
     auth::{self, hash_key},
     clock::Clock,
-    config::Secret,
+    config::{Secret, TenantLimits},
     metrics::Metrics,
 };
 
@@ -39,6 +39,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     admin_token: Option<Secret>,
     metrics: Metrics,
+    limits: TenantLimits,
 }
 
 impl Service {
@@ -54,6 +55,21 @@ impl Service {
                 clock,
                 admin_token,
                 metrics,
+                limits: TenantLimits::default(),
+            }),
+        }
+    }
+
+    /// The same service with other per-tenant quotas (the default is
+    /// [`TenantLimits::default`]).
+    pub fn with_limits(self, limits: TenantLimits) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store: self.inner.store.clone(),
+                clock: self.inner.clock.clone(),
+                admin_token: self.inner.admin_token.clone(),
+                metrics: self.inner.metrics.clone(),
+                limits,
             }),
         }
     }

@@ -108,6 +108,7 @@ impl Service {
             id,
             job_id,
             next_fire_at: spec.timeline(id, 0).next_after(now),
+            live_limit: Some(self.inner.limits.max_live_schedules),
             spec,
             paused,
             pause_note: None,

@@ -36,6 +36,20 @@ pub async fn app() -> App {
     build(None).await
 }
 
+/// An app whose tenants get `limits` instead of the default quotas.
+pub async fn app_with_limits(limits: kairos_api::TenantLimits) -> App {
+    let mut app = build(None).await;
+    let service = Service::new(
+        app.store.clone(),
+        Arc::new(SystemClock),
+        Some(Secret::new(ADMIN)),
+        Metrics::new(),
+    )
+    .with_limits(limits);
+    app.router = rest::router(service);
+    app
+}
+
 /// An app whose clock stands still at `now` until moved.
 pub async fn app_at(now: DateTime<Utc>) -> App {
     build(Some(ManualClock::new(now))).await

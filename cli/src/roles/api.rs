@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
-use kairos_api::{ApiConfig, config::Secret};
+use kairos_api::{ApiConfig, TenantLimits, config::Secret};
 
 use super::{DatabaseOpts, shutdown};
 
@@ -29,6 +29,12 @@ pub struct ApiArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "KAIROS_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
+    /// Live schedules a tenant may have (not completed; paused ones count): a create past it
+    /// is refused with resource_exhausted (HTTP 429).
+    #[arg(long, env = "KAIROS_MAX_SCHEDULES_PER_TENANT",
+          default_value_t = TenantLimits::DEFAULT_MAX_LIVE_SCHEDULES,
+          value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub max_schedules_per_tenant: u32,
 }
 
 /// Runs the API role; `admin_token` comes from the global `--admin-token` / `KAIROS_ADMIN_TOKEN`.
@@ -44,6 +50,9 @@ pub async fn run(args: ApiArgs, admin_token: Option<String>) -> anyhow::Result<(
         retention_days: args.retention_days,
         maintenance_interval: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+        limits: TenantLimits {
+            max_live_schedules: args.max_schedules_per_tenant,
+        },
     };
     if config.admin_token.is_none() {
         tracing::warn!("KAIROS_ADMIN_TOKEN is not set: tenants cannot be created through this API");

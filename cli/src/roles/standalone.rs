@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Args;
-use kairos_api::{ApiConfig, auth, config::Secret};
+use kairos_api::{ApiConfig, TenantLimits, auth, config::Secret};
 use kairos_domain::{ApiKeyId, TenantName};
 use kairos_scheduler::{
     coordinator::LocalConfig,
@@ -77,6 +77,12 @@ pub struct StandaloneArgs {
     /// Seconds in-flight API requests get to finish after SIGTERM.
     #[arg(long, env = "KAIROS_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
+    /// Live schedules a tenant may have (not completed; paused ones count): a create past it
+    /// is refused with resource_exhausted (HTTP 429).
+    #[arg(long, env = "KAIROS_MAX_SCHEDULES_PER_TENANT",
+          default_value_t = TenantLimits::DEFAULT_MAX_LIVE_SCHEDULES,
+          value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub max_schedules_per_tenant: u32,
     /// Key (64 hex digits) sealing registry passwords at rest (default: one made up on the
     /// first start and kept in the data directory as `secret-key`, mode 0600).
     #[arg(long, env = "KAIROS_SECRET_KEY", hide_env_values = true)]
@@ -132,6 +138,9 @@ pub async fn run(args: StandaloneArgs, admin_token: Option<String>) -> anyhow::R
         retention_days: args.retention_days,
         maintenance_interval: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+        limits: TenantLimits {
+            max_live_schedules: args.max_schedules_per_tenant,
+        },
     };
     let (http, grpc) = kairos_api::server::bind(&api_config).await?;
     let rest_url = format!("http://{}", reachable(http.local_addr()?));

@@ -28,6 +28,9 @@ pub(super) async fn create(
     let shard = ShardId::of(new.id.as_uuid());
     let mut tx = store.begin().await?;
     jobs::lock_live(tx.conn(), tenant, new.job_id).await?;
+    if let Some(limit) = new.live_limit {
+        check_live_limit(tx.conn(), tenant, limit).await?;
+    }
     let row: ScheduleRow = sqlx::query_as(concat!(
         "INSERT INTO schedules (id, tenant_id, job_id, shard, kind, cron, interval_seconds,
              interval_anchor, at, timezone, start_at, end_at, overlap_policy,
@@ -64,6 +67,31 @@ pub(super) async fn create(
     tx.notify(SCHEDULE_CHANGES_CHANNEL, shard).await?;
     tx.commit().await?;
     Ok(schedule)
+}
+
+/// Fails with [`StoreError::LimitReached`] when the tenant has `limit` live schedules (not
+/// completed: a fire left, or the last one still ahead). The tenant row's lock (`FOR NO KEY
+/// UPDATE`, which leaves foreign-key checks of other inserts alone) serializes the tenant's
+/// creates, so two concurrent ones cannot both see room for one.
+async fn check_live_limit(conn: &mut PgConnection, tenant: TenantId, limit: u32) -> Result<()> {
+    sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(tenant.as_uuid())
+        .execute(&mut *conn)
+        .await?;
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM schedules
+         WHERE tenant_id = $1 AND (next_fire_at IS NOT NULL OR last_fire_at > now())",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_one(conn)
+    .await?;
+    if live >= i64::from(limit) {
+        return Err(StoreError::LimitReached {
+            what: "live schedules",
+            limit,
+        });
+    }
+    Ok(())
 }
 
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, schedule_id = %id))]

@@ -28,6 +28,23 @@ pub(super) async fn create(
     let mut tx = store.begin_write().await?;
     let now = tx.now.clone();
     jobs::check_live(tx.conn(), tenant, new.job_id).await?;
+    if let Some(limit) = new.live_limit {
+        // The write transaction holds SQLite's write lock: creates are serialized.
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM schedules
+             WHERE tenant_id = ?1 AND (next_fire_at IS NOT NULL OR last_fire_at > ?2)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(&now)
+        .fetch_one(tx.conn())
+        .await?;
+        if live >= i64::from(limit) {
+            return Err(StoreError::LimitReached {
+                what: "live schedules",
+                limit,
+            });
+        }
+    }
     let row: ScheduleRow = sqlx::query_as(concat!(
         "INSERT INTO schedules (id, tenant_id, job_id, shard, kind, cron, interval_seconds,
              interval_anchor, at, timezone, start_at, end_at, overlap_policy,
