@@ -48,7 +48,8 @@ pub struct ApiConfig {
 pub struct TenantLimits {
     /// Live schedules per tenant (`KAIROS_MAX_SCHEDULES_PER_TENANT`): those not completed (a
     /// fire left, or the last one still ahead); paused ones count, completed one-offs and
-    /// schedules past their `end_at` or `max_runs` do not. Checked when a schedule is created.
+    /// schedules past their `end_at` or `max_runs` do not. Checked when a schedule is created
+    /// and when an edit gives a completed one a fire again.
     pub max_live_schedules: u32,
 }
 

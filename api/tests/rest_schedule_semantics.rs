@@ -465,4 +465,12 @@ async fn the_live_schedule_quota_refuses_past_it_and_a_fired_one_off_stops_count
     create(&app, &key, &job, json!({ "cron": "0 9 * * *" })).await;
     let (status, refused) = app.post(&path, &key, json!({ "cron": "0 10 * * *" })).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    // Giving the completed one-off a new time would make it live again: past the quota too.
+    let later = (Utc::now() + Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let (status, refused) = app.patch(&once_path, &key, json!({ "at": later })).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    let (_, still) = app.get(&once_path, &key).await;
+    assert_eq!(still["state"], "completed", "nothing written: {still}");
 }

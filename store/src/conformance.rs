@@ -244,6 +244,7 @@ pub(crate) fn change(spec: ScheduleSpec, paused: bool, reason: &'static str) -> 
         pause_note: paused.then(|| "maintenance window".to_owned()),
         cancel_reason: reason,
         at: Utc::now(),
+        live_limit: None,
     }
 }
 
@@ -680,11 +681,44 @@ pub async fn the_live_schedule_quota_counts_paused_but_not_completed_schedules_a
         .await
         .expect("list");
     assert_eq!(listed.items.len(), 4, "nothing written past the quota");
-    // A higher quota, or none, lets it through; another tenant has its own.
-    store
-        .create_schedule(t, &limited_schedule(j.id, 3, true, false))
+    // An edit giving a completed schedule a fire again must fit the quota too.
+    let completed = listed
+        .items
+        .iter()
+        .find(|s| s.next_fire_at.is_none())
+        .expect("a completed schedule");
+    let revive = |limit| ScheduleChange {
+        live_limit: Some(limit),
+        ..change(
+            cron_spec("0 * * * * *"),
+            false,
+            cancel_reason::SCHEDULE_UPDATED,
+        )
+    };
+    assert_limit_reached(
+        store
+            .update_schedule(t, completed.id, &revive(2), completed.version)
+            .await,
+        2,
+    );
+    let unchanged = store.get_schedule(t, completed.id).await.expect("get");
+    assert_eq!(unchanged.version, completed.version, "nothing written");
+    assert_eq!(unchanged.next_fire_at, None);
+    let revived = store
+        .update_schedule(t, completed.id, &revive(3), completed.version)
         .await
-        .expect("under a quota of three");
+        .expect("revived under a quota of three");
+    assert!(revived.next_fire_at.is_some());
+    // An edit of a live schedule at the quota is no revival and goes through.
+    store
+        .update_schedule(t, revived.id, &revive(3), revived.version)
+        .await
+        .expect("an edit of a live schedule");
+    // A higher quota, or none, lets a create through; another tenant has its own.
+    store
+        .create_schedule(t, &limited_schedule(j.id, 4, true, false))
+        .await
+        .expect("under a quota of four");
     let other = tenant(store).await;
     let other_job = job(store, other).await;
     store

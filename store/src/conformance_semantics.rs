@@ -639,6 +639,7 @@ pub async fn cancels_successes_stale_versions_and_deleted_jobs_are_never_retried
                 next_fire: NextFire::After(now()),
                 cancel_reason: cancel_reason::SCHEDULE_UPDATED,
                 at: Utc::now(),
+                live_limit: None,
             },
             w.schedule.version,
         )
@@ -771,6 +772,7 @@ pub async fn a_change_gives_back_unfired_fires_and_its_version_may_fire_the_same
                 next_fire: NextFire::After(now()),
                 cancel_reason: cancel_reason::SCHEDULE_UPDATED,
                 at: Utc::now(),
+                live_limit: None,
             },
             before.version,
         )
@@ -821,6 +823,7 @@ pub async fn pauses_record_when_and_a_resume_may_plan_from_the_pause<S: Store + 
             next_fire: NextFire::Keep,
             cancel_reason: cancel_reason::SCHEDULE_PAUSED,
             at: Utc::now(),
+            live_limit: None,
         };
         async move {
             store
@@ -844,6 +847,7 @@ pub async fn pauses_record_when_and_a_resume_may_plan_from_the_pause<S: Store + 
             next_fire,
             cancel_reason: cancel_reason::SCHEDULE_UPDATED,
             at: Utc::now(),
+            live_limit: None,
         };
         async move {
             store
@@ -1065,6 +1069,7 @@ pub async fn a_change_racing_a_fire_never_leaves_a_run_of_the_old_version_starta
                             next_fire: NextFire::After(now()),
                             cancel_reason: reason,
                             at: Utc::now(),
+                            live_limit: None,
                         },
                         w.schedule.version,
                     )
@@ -1114,6 +1119,7 @@ pub async fn a_change_racing_a_failure_never_leaves_a_retry_of_the_old_version<
             next_fire: NextFire::After(now()),
             cancel_reason: cancel_reason::SCHEDULE_UPDATED,
             at: Utc::now(),
+            live_limit: None,
         };
         let (finished, changed) = tokio::join!(
             store.finish_runs(&report),

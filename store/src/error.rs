@@ -41,6 +41,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// `Err(LimitReached)` when `live` schedules already fill a quota of `limit`.
+    pub(crate) fn check_live_schedules(live: i64, limit: u32) -> Result<(), StoreError> {
+        if live >= i64::from(limit) {
+            return Err(StoreError::LimitReached {
+                what: "live schedules",
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             StoreError::NotFound(_) => ErrorCode::NotFound,

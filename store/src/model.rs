@@ -100,6 +100,11 @@ pub struct ScheduleChange {
     pub cancel_reason: &'static str,
     /// When the change is made (the API's clock): a pause records it as `paused_at`.
     pub at: DateTime<Utc>,
+    /// The tenant's quota of live schedules (see [`NewSchedule::live_limit`]): a change that
+    /// gives a schedule with no fire left a next fire (an edit reviving a completed one-off)
+    /// fails with [`StoreError::LimitReached`](crate::StoreError::LimitReached) when the
+    /// tenant's other live schedules fill the quota, and writes nothing. `None`: no quota.
+    pub live_limit: Option<u32>,
 }
 
 /// Where a change puts a schedule's `next_fire_at`.

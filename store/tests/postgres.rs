@@ -345,6 +345,7 @@ async fn committed_changes_are_announced_on_their_channels_with_the_shard() {
         next_fire: kairos_store::NextFire::Keep,
         cancel_reason: kairos_domain::run::cancel_reason::SCHEDULE_PAUSED,
         at: Utc::now(),
+        live_limit: None,
     };
     store
         .update_schedule(t, s.id, &change, s.version)

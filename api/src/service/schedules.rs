@@ -161,6 +161,7 @@ impl Service {
                 },
                 cancel_reason: cancel_reason::SCHEDULE_UPDATED,
                 at: now,
+                live_limit: Some(self.inner.limits.max_live_schedules),
             })
         })
         .await
@@ -188,6 +189,7 @@ impl Service {
                 next_fire: NextFire::Keep,
                 cancel_reason: cancel_reason::SCHEDULE_PAUSED,
                 at: now,
+                live_limit: Some(self.inner.limits.max_live_schedules),
             })
         })
         .await
@@ -214,6 +216,7 @@ impl Service {
                 },
                 cancel_reason: cancel_reason::SCHEDULE_UPDATED,
                 at: now,
+                live_limit: Some(self.inner.limits.max_live_schedules),
             })
         })
         .await

@@ -29,7 +29,7 @@ pub(super) async fn create(
     let mut tx = store.begin().await?;
     jobs::lock_live(tx.conn(), tenant, new.job_id).await?;
     if let Some(limit) = new.live_limit {
-        check_live_limit(tx.conn(), tenant, limit).await?;
+        check_live_limit(tx.conn(), tenant, limit, None).await?;
     }
     let row: ScheduleRow = sqlx::query_as(concat!(
         "INSERT INTO schedules (id, tenant_id, job_id, shard, kind, cron, interval_seconds,
@@ -70,28 +70,30 @@ pub(super) async fn create(
 }
 
 /// Fails with [`StoreError::LimitReached`] when the tenant has `limit` live schedules (not
-/// completed: a fire left, or the last one still ahead). The tenant row's lock (`FOR NO KEY
-/// UPDATE`, which leaves foreign-key checks of other inserts alone) serializes the tenant's
-/// creates, so two concurrent ones cannot both see room for one.
-async fn check_live_limit(conn: &mut PgConnection, tenant: TenantId, limit: u32) -> Result<()> {
+/// completed: a fire left, or the last one still ahead), not counting `except`. The tenant
+/// row's lock (`FOR NO KEY UPDATE`, which leaves foreign-key checks of other inserts alone)
+/// serializes the tenant's creates and revivals, so two concurrent ones cannot both see room
+/// for one.
+async fn check_live_limit(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    limit: u32,
+    except: Option<ScheduleId>,
+) -> Result<()> {
     sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
         .bind(tenant.as_uuid())
         .execute(&mut *conn)
         .await?;
     let live: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM schedules
-         WHERE tenant_id = $1 AND (next_fire_at IS NOT NULL OR last_fire_at > now())",
+         WHERE tenant_id = $1 AND (next_fire_at IS NOT NULL OR last_fire_at > now())
+           AND id IS DISTINCT FROM $2",
     )
     .bind(tenant.as_uuid())
+    .bind(except.map(|id| id.as_uuid()))
     .fetch_one(conn)
     .await?;
-    if live >= i64::from(limit) {
-        return Err(StoreError::LimitReached {
-            what: "live schedules",
-            limit,
-        });
-    }
-    Ok(())
+    StoreError::check_live_schedules(live, limit)
 }
 
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, schedule_id = %id))]
@@ -177,6 +179,13 @@ pub(super) async fn update(
     )
     .await?;
     let (fire_count, next_fire_at) = current.after(change, id, cancelled.unfired);
+    if let Some(limit) = change.live_limit
+        && current.next_fire_at.is_none()
+        && next_fire_at.is_some()
+    {
+        // A revival (a completed one-off given a new `at`): it must fit the quota again.
+        check_live_limit(tx.conn(), tenant, limit, Some(id)).await?;
+    }
     let row: ScheduleRow = sqlx::query_as(concat!(
         "UPDATE schedules SET kind = $4, cron = $5, interval_seconds = $6, interval_anchor = $7,
              at = $8, timezone = $9, start_at = $10, end_at = $11, overlap_policy = $12,

@@ -16,6 +16,30 @@ use super::runs::{self, Pending};
 use super::time::{ts, ts_opt};
 use crate::{ChangeKind, NewSchedule, Page, Result, Schedule, ScheduleChange, StoreError};
 
+/// Fails with [`StoreError::LimitReached`] when the tenant has `limit` live schedules (not
+/// completed: a fire left, or the last one still ahead at `now`), not counting `except`. The
+/// caller's write transaction holds SQLite's write lock, so creates and revivals are
+/// serialized.
+async fn check_live_limit(
+    conn: &mut SqliteConnection,
+    tenant: TenantId,
+    limit: u32,
+    except: Option<ScheduleId>,
+    now: &str,
+) -> Result<()> {
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM schedules
+         WHERE tenant_id = ?1 AND (next_fire_at IS NOT NULL OR last_fire_at > ?2)
+           AND id IS NOT ?3",
+    )
+    .bind(tenant.as_uuid())
+    .bind(now)
+    .bind(except.map(|id| id.as_uuid()))
+    .fetch_one(conn)
+    .await?;
+    StoreError::check_live_schedules(live, limit)
+}
+
 /// Inserts the schedule of a live job of the tenant and hints its shard's scheduler.
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, job_id = %new.job_id, schedule_id = %new.id))]
 pub(super) async fn create(
@@ -29,21 +53,7 @@ pub(super) async fn create(
     let now = tx.now.clone();
     jobs::check_live(tx.conn(), tenant, new.job_id).await?;
     if let Some(limit) = new.live_limit {
-        // The write transaction holds SQLite's write lock: creates are serialized.
-        let live: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM schedules
-             WHERE tenant_id = ?1 AND (next_fire_at IS NOT NULL OR last_fire_at > ?2)",
-        )
-        .bind(tenant.as_uuid())
-        .bind(&now)
-        .fetch_one(tx.conn())
-        .await?;
-        if live >= i64::from(limit) {
-            return Err(StoreError::LimitReached {
-                what: "live schedules",
-                limit,
-            });
-        }
+        check_live_limit(tx.conn(), tenant, limit, None, &now).await?;
     }
     let row: ScheduleRow = sqlx::query_as(concat!(
         "INSERT INTO schedules (id, tenant_id, job_id, shard, kind, cron, interval_seconds,
@@ -168,6 +178,13 @@ pub(super) async fn update(
     )
     .await?;
     let (fire_count, next_fire_at) = current.after(change, id, cancelled.unfired);
+    if let Some(limit) = change.live_limit
+        && current.next_fire_at.is_none()
+        && next_fire_at.is_some()
+    {
+        // A revival (a completed one-off given a new `at`): it must fit the quota again.
+        check_live_limit(tx.conn(), tenant, limit, Some(id), &now).await?;
+    }
     let at = ts(change.at);
     let row: ScheduleRow = sqlx::query_as(concat!(
         "UPDATE schedules SET kind = ?4, cron = ?5, interval_seconds = ?6, interval_anchor = ?7,
