@@ -882,3 +882,29 @@ impl ChangeBase {
         (fire_count, next)
     }
 }
+
+/// A job's `registry_credential` named `name` must exist (`server`: the stored credential's
+/// registry, `None` when the tenant has none of that name) and be for the registry `image` is
+/// pulled from.
+pub(crate) fn check_credential_for_image(
+    name: &str,
+    server: Option<&str>,
+    image: &ImageRef,
+) -> Result<()> {
+    let Some(server) = server else {
+        return Err(FieldError::new(
+            "registry_credential",
+            format!("no registry credential named '{name}'; create it with POST /v1/registry-credentials"),
+        )
+        .into());
+    };
+    let registry = kairos_domain::RegistryHost::of_image(image);
+    if registry.as_str() != server {
+        return Err(FieldError::new(
+            "registry_credential",
+            format!("'{name}' is for {server}, but the image is pulled from {registry}"),
+        )
+        .into());
+    }
+    Ok(())
+}

@@ -147,22 +147,7 @@ pub(super) async fn check_for_job(tx: &mut Tx, tenant: TenantId, spec: &JobSpec)
     .bind(name.as_str())
     .fetch_optional(tx.conn())
     .await?;
-    let Some(server) = server else {
-        return Err(FieldError::new(
-            "registry_credential",
-            format!("no registry credential named '{name}'; create it with POST /v1/registry-credentials"),
-        )
-        .into());
-    };
-    let registry = RegistryHost::of_image(&spec.image);
-    if registry.as_str() != server {
-        return Err(FieldError::new(
-            "registry_credential",
-            format!("'{name}' is for {server}, but the image is pulled from {registry}"),
-        )
-        .into());
-    }
-    Ok(())
+    crate::rows::check_credential_for_image(name.as_str(), server.as_deref(), &spec.image)
 }
 
 /// Opens the credentials the offered jobs name, by (tenant, name). A credential that cannot be
