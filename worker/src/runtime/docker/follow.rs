@@ -5,13 +5,13 @@
 //! The end is decided from the engine's state and the worker's own timers only: nothing the
 //! container prints is ever interpreted.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use bollard::{
     Docker,
     errors::Error as DockerError,
     models::{ContainerState, ContainerStateStatusEnum},
-    query_parameters::{KillContainerOptions, LogsOptions, WaitContainerOptions},
+    query_parameters::{EventsOptions, KillContainerOptions, LogsOptions, WaitContainerOptions},
 };
 use futures::StreamExt;
 use kairos_domain::FailureReason;
@@ -27,6 +27,10 @@ const LOG_DRAIN: Duration = Duration::from_secs(5);
 const KILL_WAIT: Duration = Duration::from_secs(30);
 /// Pause between polls when the engine's wait stream broke.
 const REPOLL: Duration = Duration::from_millis(500);
+/// How long after a SIGKILL exit the engine's `oom` event may still arrive.
+const OOM_EVENT_LAG: Duration = Duration::from_secs(2);
+/// The exit code of a process killed by SIGKILL (128 + 9).
+const SIGKILL_EXIT: i64 = 137;
 
 enum Stopped {
     Timeout,
@@ -76,7 +80,13 @@ pub async fn follow(
             outcome
         }
         None => match docker.inspect_container(id, None).await {
-            Ok(inspect) => ended(inspect.state.as_ref(), log),
+            Ok(inspect) => {
+                let state = inspect.state.as_ref();
+                let oom_killed = state.and_then(|s| s.oom_killed) == Some(true)
+                    || (state.and_then(|s| s.exit_code) == Some(SIGKILL_EXIT)
+                        && oom_event_seen(docker, id, state).await);
+                ended_with(state, oom_killed, log)
+            }
             Err(e) => {
                 log.note(&format!("lost track of the container: {e}"));
                 Outcome::failed(FailureReason::WorkerLost)
@@ -87,10 +97,47 @@ pub async fn follow(
 
 /// How a container that stopped by itself ended, from the engine's state.
 pub fn ended(state: Option<&ContainerState>, log: &LiveLog) -> Outcome {
+    ended_with(state, state.and_then(|s| s.oom_killed) == Some(true), log)
+}
+
+/// Whether the engine published an `oom` event for the container since it started. The engine
+/// can record a container's exit before the kernel's OOM notification reaches it, leaving
+/// `State.OOMKilled` false for a run the kernel killed for memory; so a SIGKILL exit the
+/// worker did not cause is also checked against the engine's events (replayed from the start,
+/// and followed for a short lag).
+async fn oom_event_seen(docker: &Docker, id: &str, state: Option<&ContainerState>) -> bool {
+    let now = chrono::Utc::now();
+    let since = state
+        .and_then(|s| s.started_at.as_deref())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or(now - chrono::Duration::days(1), |t| t.to_utc());
+    let until = now + OOM_EVENT_LAG;
+    let options = EventsOptions {
+        since: Some(since.timestamp().to_string()),
+        until: Some(until.timestamp().to_string()),
+        filters: Some(HashMap::from([
+            ("container".to_owned(), vec![id.to_owned()]),
+            ("event".to_owned(), vec!["oom".to_owned()]),
+        ])),
+    };
+    let mut events = docker.events(Some(options));
+    let first = tokio::time::timeout(OOM_EVENT_LAG * 2, events.next()).await;
+    match first {
+        Ok(Some(Ok(_))) => true,
+        Ok(Some(Err(e))) => {
+            tracing::debug!(container = %id, error = %e, "cannot read the engine's events");
+            false
+        }
+        Ok(None) | Err(_) => false,
+    }
+}
+
+/// How a container that stopped by itself ended, given whether the kernel killed it for memory.
+fn ended_with(state: Option<&ContainerState>, oom_killed: bool, log: &LiveLog) -> Outcome {
     let exit_code = state
         .and_then(|s| s.exit_code)
         .map(|c| i32::try_from(c).unwrap_or(-1));
-    if state.and_then(|s| s.oom_killed) == Some(true) {
+    if oom_killed {
         log.note("killed by the kernel: the run used more memory than its limit");
         return Outcome::Failed {
             reason: FailureReason::OomKilled,
